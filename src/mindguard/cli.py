@@ -204,5 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+if __name__ == "__main__":  # pragma: no cover - `python -m mindguard` is the supported form
+    from mindguard.cli import main as _main  # the registered module, so feature commands are found
+
+    sys.exit(_main())

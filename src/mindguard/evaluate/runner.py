@@ -46,6 +46,10 @@ def score_turns(
         by_conv.setdefault(c.id, (c, []))[1].append(i)
     seconds: dict[str, float] = {}
     for guard in guards:
+        # metrics need scores only: guards that can explain their verdicts skip it here
+        explain = getattr(guard, "explain", None)
+        if explain:
+            guard.explain = False  # type: ignore[attr-defined]
         t0 = time.perf_counter()
         found: dict[tuple[str, int], tuple[float, str]] = {}
         convs = list(by_conv.values())
@@ -56,6 +60,8 @@ def score_turns(
                 for i, a in zip(uniq, res):
                     found[(conv.id, i)] = (a.p_unsafe, a.label)
         seconds[guard.name] = time.perf_counter() - t0
+        if explain:
+            guard.explain = explain  # type: ignore[attr-defined]
         for it in items:
             p, lab = found[(it.conversation_id, it.turn_index)]
             it.p_unsafe[guard.name] = float(p)

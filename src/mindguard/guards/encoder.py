@@ -74,7 +74,10 @@ class TurnEncoder(nn.Module):
     def __init__(self, base_path: str, finetune_layers: int) -> None:
         super().__init__()
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
         self.bert = AutoModel.from_pretrained(base_path)
         self.hidden = int(self.bert.config.hidden_size)
         n_layers = int(self.bert.config.num_hidden_layers)

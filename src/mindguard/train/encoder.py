@@ -223,7 +223,7 @@ def train_encoder(
             nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
             opt.step()
             sched.step()
-            run_loss = 0.9 * run_loss + 0.1 * float(loss) if step else float(loss)
+            run_loss = 0.9 * run_loss + 0.1 * loss.item() if step else loss.item()
             if progress:
                 bar.set_postfix(loss=f"{run_loss:.3f}")
             if cfg.max_minutes and time.perf_counter() - t_start > cfg.max_minutes * 60:
