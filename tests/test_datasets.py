@@ -103,3 +103,18 @@ def test_data_stats_reports_annotator_agreement(tmp_path, capsys):
     assert main(["data", "stats", str(p), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["annotator_agreement"]["unanimous_share"] == pytest.approx(4 / 6, abs=1e-3)
+
+
+def test_label_agreement_counts_and_kappa(tmp_path, conversations, capsys):
+    from mindguard.datasets import write_native
+    from mindguard.datasets.stats import label_agreement
+
+    relabelled = [conversations[0].with_labels({6: "safe"}), *conversations[1:]]
+    res = label_agreement(conversations, relabelled)
+    assert res["turns"] == 10 and res["agreement"] == 0.9
+    assert res["disagreements"] == [{"id": "c-work", "turn": 3, "first": "unsafe_self_harm_risk", "second": "safe"}]
+    assert 0.0 < res["cohen_kappa"] < 1.0
+    write_native(tmp_path / "a.jsonl", conversations)
+    write_native(tmp_path / "b.jsonl", relabelled)
+    assert main(["data", "agreement", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]) == 0
+    assert "agreement 90.0%" in capsys.readouterr().out

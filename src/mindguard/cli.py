@@ -58,6 +58,20 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_agreement(args: argparse.Namespace) -> int:
+    from .datasets import load_conversations
+    from .datasets.stats import label_agreement
+
+    res = label_agreement(load_conversations(args.first), load_conversations(args.second))
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{res['conversations']} conversations, {res['turns']} turns: agreement {res['agreement']:.1%}, "
+              f"Cohen's kappa {res['cohen_kappa']:.3f}; binary agreement {res['binary_agreement']:.1%}, "
+              f"kappa {res['binary_cohen_kappa']:.3f}; {len(res['disagreements'])} disagreements")
+    return 0
+
+
 def _load_guards(specs: Sequence[str]) -> list[Any]:
     from .guards import load_guard
 
@@ -149,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--val-share", type=float, default=0.2)
     db.add_argument("--seed", type=int, default=13)
     db.set_defaults(func=_cmd_data_build)
+
+    da = dsub.add_parser("agreement", help="per-turn agreement and Cohen's kappa between two labellings")
+    da.add_argument("first")
+    da.add_argument("second")
+    da.add_argument("--json", action="store_true", help="include every disagreement")
+    da.set_defaults(func=_cmd_data_agreement)
 
     e = sub.add_parser("eval", help="turn-level evaluation of one or more guards")
     e.add_argument("--data", required=True, help="labelled data (native or testset schema)")

@@ -88,3 +88,41 @@ def format_stats(stats: dict[str, Any]) -> str:
     if "by_family" in stats:
         lines.append("by family            " + ", ".join(f"{k}={v}" for k, v in stats["by_family"].items()))
     return "\n".join(lines)
+
+
+def label_agreement(first: Sequence[Conversation], second: Sequence[Conversation]) -> dict[str, Any]:
+    """Per-turn agreement between two labellings of the same conversations (matched by id and
+    message text): raw agreement and Cohen's kappa, three-way and binary, plus the disagreements."""
+    from ..errors import DataError
+
+    other = {c.id: c for c in second}
+    a: list[str] = []
+    b: list[str] = []
+    disagreements = []
+    for c in first:
+        d = other.get(c.id)
+        if d is None:
+            continue
+        ua, ub = c.user_turns(), d.user_turns()
+        if [m.content for m in ua] != [m.content for m in ub]:
+            raise DataError(f"conversation {c.id!r} differs between the two files")
+        for k, (x, y) in enumerate(zip(ua, ub)):
+            if x.label is None or y.label is None:
+                continue
+            a.append(x.label)
+            b.append(y.label)
+            if x.label != y.label:
+                disagreements.append({"id": c.id, "turn": k, "first": x.label, "second": y.label})
+    if not a:
+        raise DataError("the two files share no labelled conversations")
+    ba = ["unsafe" if is_unsafe(x) else "safe" for x in a]
+    bb = ["unsafe" if is_unsafe(x) else "safe" for x in b]
+    return {
+        "conversations": len({d["id"] for d in disagreements} | {c.id for c in first if c.id in other}),
+        "turns": len(a),
+        "agreement": round(sum(x == y for x, y in zip(a, b)) / len(a), 4),
+        "cohen_kappa": round(cohen_kappa(a, b), 4),
+        "binary_agreement": round(sum(x == y for x, y in zip(ba, bb)) / len(a), 4),
+        "binary_cohen_kappa": round(cohen_kappa(ba, bb), 4),
+        "disagreements": disagreements,
+    }
