@@ -10,6 +10,7 @@ from .cli import extra_command
 
 _FEATURES: list[str] = [
     "mindguard.train.command",
+    "mindguard.serve.command",
 ]
 
 for _mod in _FEATURES:
