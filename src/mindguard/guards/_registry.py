@@ -16,6 +16,9 @@ from ._base import BaseGuard
 _REGISTRY: dict[str, str] = {
     "keyword": "mindguard.guards.keyword:KeywordGuard",
     "encoder": "mindguard.guards.encoder:EncoderGuard",
+    "hf": "mindguard.guards.hf:HFGuard",
+    "openai_compat": "mindguard.guards.openai_compat:OpenAICompatGuard",
+    "llm_judge": "mindguard.guards.llm_judge:LLMJudgeGuard",
 }
 DEFAULT_GUARD = "encoder"
 

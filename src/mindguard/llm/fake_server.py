@@ -84,6 +84,7 @@ class FakeOpenAIServer:
         self.host = host
         self.requests: list[dict[str, Any]] = []
         self.max_in_flight = 0
+        self.errors: list[Exception] = []
         self._failures: list[Failure] = []
         self._lock = threading.Lock()
         self._in_flight = 0
@@ -286,7 +287,12 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 if wants_logprobs and server.reject_logprobs:
                     self._send(400, _error_body(400, "logprobs is not supported for this model"))
                     return
-                out = server.responder(body)
+                try:
+                    out = server.responder(body)
+                except Exception as exc:  # a crashing model server answers 500; tests read .errors
+                    server.errors.append(exc)
+                    self._send(500, _error_body(500, f"responder raised {exc.__class__.__name__}: {exc}"))
+                    return
                 result = out if isinstance(out, ChatResult) else ChatResult(str(out))
                 tokens = _tokens_for(result)
                 top_n = int(body.get("top_logprobs") or 0)

@@ -1,0 +1,212 @@
+"""`hf`: generative guards run locally through `transformers` — MindGuard-4B/8B, Qwen3Guard-Gen,
+Llama Guard 3, or any instruction-tuned causal LM prompted with our policy.
+
+How a turn is scored: the context (every message up to the target user turn) goes through the
+model's chat template — the stock one for Qwen3Guard/MindGuard, a Llama Guard 3 template listing
+*our* categories for Llama Guard, and our policy prompt (`verdict.classification_messages`) for any
+other model. The text the model writes before its verdict ("Safety:") is appended, one forward
+pass gives the next-token distribution, and p(unsafe) is the probability of the unsafe verdict
+word, normalised over the verdict words (when their first tokens differ; otherwise each word's
+full sequence probability is computed). For flagged turns the model then names categories by
+greedy decoding after the forced unsafe verdict, and `verdict.category_to_label` maps them to our
+labels. Contexts longer than `max_context_tokens` lose their oldest messages, never the target.
+
+Example:
+    >>> guard = load_guard("hf:swordhealth/MindGuard-4B")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..conversation import Message, require_user_last
+from ..errors import MindGuardError
+from ._base import Assessment, BaseGuard, make_assessment
+from .verdict import (
+    FORMATS,
+    UNSAFE_V,
+    VerdictFormat,
+    classification_messages,
+    family_of,
+    labels_of_categories,
+    llama_guard_template,
+    unsafe_split,
+    verdict_p_unsafe,
+)
+
+
+def _chat_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+class HFGuard(BaseGuard):
+    """A generative guard loaded with `transformers`.
+
+    Args:
+        model: hub name (e.g. "swordhealth/MindGuard-4B", "Qwen/Qwen3Guard-Gen-4B",
+            "meta-llama/Llama-Guard-3-8B") or a local directory.
+        family: verdict format, "auto" (from the name), "qwen3guard", "llamaguard" or "mindguard"
+            (our policy prompt and format, for any instruction-tuned model and our fine-tunes).
+        controversial: how Qwen3Guard's "Controversial" counts: "unsafe" (default: clinicians lean
+            unsafe when in doubt) or "safe".
+        device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", …
+        dtype: "auto" (bfloat16 on GPU, float32 on CPU), "float32", "bfloat16", "float16".
+        batch_size: contexts per forward pass.
+        max_context_tokens: longest prompt; older messages are dropped to fit.
+    """
+
+    def __init__(self, model: str, family: str = "auto", threshold: float = 0.5, controversial: str = UNSAFE_V,
+                 device: str = "auto", dtype: str = "auto", batch_size: int = 4, max_context_tokens: int = 8192,
+                 revision: str | None = None, trust_remote_code: bool = False, name: str | None = None) -> None:
+        import torch
+        import transformers
+        fam = family_of(model) if family == "auto" else family
+        if fam not in FORMATS:
+            raise MindGuardError(f"unknown guard family {family!r}; choose auto, {', '.join(FORMATS)}")
+        if controversial not in ("safe", "unsafe"):
+            raise MindGuardError(f"controversial must be 'safe' or 'unsafe', got {controversial!r}")
+        self.fmt: VerdictFormat = FORMATS[fam]
+        self.family = fam
+        self.threshold = float(threshold)
+        self.controversial = controversial
+        self.batch_size = max(1, int(batch_size))
+        self.max_context_tokens = int(max_context_tokens)
+        self.name = name or f"hf:{model.rstrip('/').split('/')[-1]}"
+        self._torch: Any = torch
+        dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if dtype == "auto":
+            torch_dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
+        elif dtype in dtypes:
+            torch_dtype = dtypes[dtype]
+        else:
+            raise MindGuardError(f"unknown dtype {dtype!r}; use auto, {', '.join(dtypes)}")
+        try:
+            self.tokenizer: Any = transformers.AutoTokenizer.from_pretrained(model, revision=revision,
+                                                                             trust_remote_code=trust_remote_code)
+            self.model: Any = transformers.AutoModelForCausalLM.from_pretrained(
+                model, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        except OSError as exc:
+            raise MindGuardError(f"cannot load the model {model!r}: {str(exc).splitlines()[0]} "
+                                 "(a hub name needs network access or the local cache; or pass a local directory)") from exc
+        loaded: Any = self.model
+        loaded.to(dev)
+        loaded.eval()
+        self.device = dev
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.fmt.name != "mindguard" and self.fmt.name != "llamaguard" and not self.tokenizer.chat_template:
+            raise MindGuardError(f"the tokenizer of {model!r} has no chat template; use family=mindguard")
+        self._verdict_ids = self._candidate_ids()
+
+    # -- prompt ------------------------------------------------------------------------------
+    def render_prompt(self, messages: Sequence[Message]) -> str:
+        """The exact text the model reads for the last turn of `messages`, up to and including the
+        forced verdict prefix. Oldest messages are dropped if it would exceed max_context_tokens."""
+        require_user_last(messages)
+        start = 0
+        while True:
+            text = self._template(messages[start:]) + self.fmt.prefix
+            if start >= len(messages) - 1 or len(self._encode(text)) <= self.max_context_tokens:
+                return text
+            # drop the oldest message; a context must still open with a user turn for some templates
+            start += 1
+            while start < len(messages) - 1 and messages[start].role != "user":
+                start += 1
+
+    def _template(self, messages: Sequence[Message]) -> str:
+        if self.fmt.name == "mindguard":
+            chat = classification_messages(list(messages))
+            if not self.tokenizer.chat_template:
+                raise MindGuardError("this tokenizer has no chat template to format the policy prompt with")
+            return str(self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+        chat = _chat_dicts(messages)
+        if self.fmt.name == "llamaguard":
+            return str(self.tokenizer.apply_chat_template(chat, chat_template=llama_guard_template(), tokenize=False,
+                                                          add_generation_prompt=False))
+        return str(self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+
+    def _encode(self, text: str) -> list[int]:
+        # templates already carry the special tokens (BOS etc.)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _candidate_ids(self) -> dict[str, list[int]]:
+        words = dict(self.fmt.words)
+        return {v: self._encode(w) for v, w in words.items()}
+
+    # -- scoring -----------------------------------------------------------------------------
+    def _forward_last(self, seqs: list[list[int]], keep: int) -> Any:
+        """Log-softmax of the last `keep` positions of each sequence (left-padded batch)."""
+        torch = self._torch
+        width = max(len(s) for s in seqs)
+        pad = int(self.tokenizer.pad_token_id)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                             position_ids=pos.to(self.device), logits_to_keep=keep)
+        return torch.log_softmax(out.logits[:, -keep:, :].float(), dim=-1).cpu()
+
+    def verdict_distributions(self, prompts: Sequence[str]) -> list[dict[str, float]]:
+        """Per prompt (ending with the verdict prefix): probability of each verdict word."""
+        cand = self._verdict_ids
+        firsts = [ids[0] for ids in cand.values() if ids]
+        out: list[dict[str, float]] = []
+        encoded = [self._encode(p) for p in prompts]
+        if len(firsts) == len(cand) and len(set(firsts)) == len(firsts):
+            # one forward pass: the first tokens tell the verdict words apart
+            for s in range(0, len(encoded), self.batch_size):
+                lp = self._forward_last(encoded[s: s + self.batch_size], 1)
+                for row in lp[:, -1, :]:
+                    out.append({v: float(row[ids[0]].exp()) for v, ids in cand.items()})
+            return out
+        # verdict words share their first token: score each word's whole token sequence
+        for p_ids in encoded:
+            dist = {}
+            for v, ids in cand.items():
+                lp = self._forward_last([p_ids + ids], len(ids) + 1)[0]
+                dist[v] = float(sum(lp[j, t] for j, t in enumerate(ids)).exp())
+            out.append(dist)
+        return out
+
+    def name_categories(self, contexts: Sequence[Sequence[Message]], max_new_tokens: int = 16) -> list[str]:
+        """Greedy category text after a forced unsafe verdict, for each context."""
+        torch = self._torch
+        texts = []
+        for s in range(0, len(contexts), self.batch_size):
+            chunk = contexts[s: s + self.batch_size]
+            seqs = [self._encode(self.render_prompt(c)[: -len(self.fmt.prefix) or None] + self.fmt.category_prefix(UNSAFE_V))
+                    for c in chunk]
+            width = max(len(x) for x in seqs)
+            pad = int(self.tokenizer.pad_token_id)
+            ids = torch.tensor([[pad] * (width - len(x)) + x for x in seqs], dtype=torch.long)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in seqs], dtype=torch.long)
+            with torch.inference_mode():
+                gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            for row in gen[:, width:]:
+                texts.append(str(self.tokenizer.decode(row, skip_special_tokens=True)).split("\n")[0].strip())
+        return texts
+
+    def assess_batch(self, contexts: Sequence[Sequence[Message]]) -> list[Assessment]:
+        for c in contexts:
+            require_user_last(c)
+        prompts = [self.render_prompt(c) for c in contexts]
+        dists = self.verdict_distributions(prompts)
+        p_unsafe = [verdict_p_unsafe(d, self.controversial) for d in dists]
+        flagged = [i for i, p in enumerate(p_unsafe) if p >= self.threshold]
+        named = dict(zip(flagged, self.name_categories([contexts[i] for i in flagged]))) if flagged else {}
+        results = []
+        for i, (ctx, dist, p) in enumerate(zip(contexts, dists, p_unsafe)):
+            cats = named.get(i)
+            labels = labels_of_categories(cats.split(","), self.fmt) if cats else []
+            extra: dict[str, Any] = {"verdict": {k: round(v, 6) for k, v in dist.items()}}
+            if cats is not None:
+                extra["categories"] = cats
+            results.append(make_assessment(unsafe_split(p, labels), self.threshold, len(ctx) - 1, self.name, (), extra))
+        return results
