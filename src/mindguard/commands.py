@@ -11,6 +11,7 @@ from .cli import extra_command
 _FEATURES: list[str] = [
     "mindguard.train.command",
     "mindguard.serve.command",
+    "mindguard.redteam.command",
 ]
 
 for _mod in _FEATURES:

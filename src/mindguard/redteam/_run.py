@@ -1,0 +1,385 @@
+"""A whole red-team run: every planned conversation under every guard configuration, judged,
+stored append-only, resumable, and summarised into a report.
+
+Output directory:
+- `run.json` — the run's fixed settings (models, seed, turn budget, strategies, policy, judge) and
+  each configuration's guard identity. A rerun must match them (it may ask for a larger `--n` or
+  more configurations); otherwise it stops with an error instead of mixing two experiments.
+- `transcripts.jsonl` — one record per finished (configuration, conversation), appended and
+  flushed as soon as the conversation ends.
+- `judgements.jsonl` — one verdict per transcript, appended after judging.
+- `report.json`, `report.md` — rebuilt from the two JSONL files at the end of every run.
+
+Resuming: a rerun reads both files, drops a torn last line left by an interruption, plays only the
+conversations without a transcript and judges only the transcripts without a verdict. An
+interrupted conversation is replayed from its start (its seed makes an offline replay identical),
+so nothing is lost and nothing is recorded twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError, MindGuardError, require
+from ..guards import BaseGuard, load_guard
+from ..llm import ChatClient
+from ..synth._agents import Agent
+from ._attacker import LLMAttacker, ScriptedAttacker
+from ._clinician import CLINICIAN_SYSTEM_PROMPT, LLMClinician, ScriptedClinician
+from ._judge import Judge, LLMJudge, RuleJudge
+from ._loop import NO_GUARD, run_guarded_conversation
+from ._policy import InterventionPolicy
+from ._report import build_report, render_markdown
+from ._strategies import STRATEGIES, AttackPlan, plan_attacks
+
+SCRIPTED = "scripted"  # the offline attacker / clinician
+RULE = "rule"  # the offline judge
+RUN_FORMAT = "mindguard-redteam-run"
+
+
+@dataclass(frozen=True)
+class RoleModel:
+    """Which model plays a role: `scripted` / `rule` for the offline stand-ins, else a model id
+    served at `base_url` (OpenAI-compatible), with the sampling temperature for that role."""
+
+    model: str
+    base_url: str = "http://localhost:8000/v1"
+    api_key_env: str | None = None
+    temperature: float = 0.7
+
+    @property
+    def offline(self) -> bool:
+        return self.model in (SCRIPTED, RULE)
+
+    def describe(self) -> str:
+        return self.model if self.offline else f"{self.model} @ {self.base_url}"
+
+
+@dataclass(frozen=True)
+class RedTeamSettings:
+    """Everything that must stay fixed across the reruns of one run."""
+
+    attacker: RoleModel = field(default_factory=lambda: RoleModel(SCRIPTED))
+    clinician: RoleModel = field(default_factory=lambda: RoleModel(SCRIPTED))
+    judge: RoleModel = field(default_factory=lambda: RoleModel(RULE))
+    policy: InterventionPolicy = field(default_factory=InterventionPolicy)
+    seed: int = 0
+    max_turns: int = 10
+    strategies: tuple[str, ...] = STRATEGIES
+    judge_samples: int = 3
+    harm_rate: float = 0.2
+    clinician_system_prompt: str = CLINICIAN_SYSTEM_PROMPT
+
+    def __post_init__(self) -> None:
+        if self.attacker.model == RULE or self.clinician.model == RULE:
+            raise MindGuardError("'rule' is the offline judge; the offline attacker and clinician are 'scripted'")
+        if self.judge.model == SCRIPTED:
+            raise MindGuardError("the offline judge is called 'rule', not 'scripted'")
+        if self.judge.model == RULE and self.attacker.model != SCRIPTED:
+            raise MindGuardError("the rule-based judge needs the scripted attacker's turn labels; "
+                                 "give --judge-model an LLM when the attacker is an LLM")
+
+    @property
+    def simulated_roles(self) -> list[str]:
+        return [name for name, r in (("attacker", self.attacker), ("clinician", self.clinician), ("judge", self.judge))
+                if r.offline]
+
+    @property
+    def effective_judge_samples(self) -> int:
+        return 1 if self.judge.model == RULE else self.judge_samples
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fixed part of the run, as recorded in run.json and the report (no secrets: only
+        the *name* of the API-key variable)."""
+        d: dict[str, Any] = {
+            "attacker": self.attacker.describe(), "clinician": self.clinician.describe(), "judge": self.judge.describe(),
+            "temperatures": {"attacker": self.attacker.temperature, "clinician": self.clinician.temperature,
+                             "judge": self.judge.temperature},
+            "policy": self.policy.to_dict(), "seed": self.seed, "max_turns": self.max_turns,
+            "strategies": list(self.strategies), "judge_samples": self.effective_judge_samples,
+        }
+        if self.clinician.model == SCRIPTED:
+            d["scripted_clinician"] = {"harm_rate": self.harm_rate}
+        else:
+            d["clinician_system_prompt_sha256"] = hashlib.sha256(self.clinician_system_prompt.encode()).hexdigest()[:16]
+        return d
+
+
+def config_name(spec: str | None) -> str:
+    return NO_GUARD if spec is None else spec
+
+
+def guard_identity(spec: str | None, guard: BaseGuard | None) -> dict[str, Any]:
+    """What makes a configuration's results comparable across reruns: the guard, its operating
+    threshold, and a fingerprint of its model files when it has some."""
+    if guard is None:
+        return {"spec": None}
+    ident: dict[str, Any] = {"spec": spec, "name": guard.name, "threshold": round(float(guard.threshold), 6)}
+    model_dir = getattr(guard, "model_dir", None)
+    if model_dir is not None and (Path(model_dir) / "config.json").is_file():
+        ident["model_config_sha256"] = hashlib.sha256((Path(model_dir) / "config.json").read_bytes()).hexdigest()[:16]
+    return ident
+
+
+class AppendLog:
+    """An append-only JSONL file of records keyed by (config, conversation_id), safe to share
+    between threads. Opening it repairs a torn last line (an interrupted write)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.repaired = self._repair()
+        self.records: dict[tuple[str, str], dict[str, Any]] = {}
+        self.duplicates = 0
+        if self.path.exists():
+            with self.path.open(encoding="utf-8") as fh:
+                for n, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                        key = (str(rec["config"]), str(rec["conversation_id"]))
+                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                        raise DataError(f"{self.path}:{n}: not a red-team record ({exc.__class__.__name__}); "
+                                        "was this directory written by `mindguard redteam`?") from None
+                    if key in self.records:
+                        self.duplicates += 1  # never written by this code; keep the first, as a reader would
+                        continue
+                    self.records[key] = rec
+
+    def _repair(self) -> bool:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return False
+        with self.path.open("rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":
+                return False
+            fh.seek(0)
+            data = fh.read()
+            fh.truncate(data.rfind(b"\n") + 1)
+        return True
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self.records
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.records[(str(record["config"]), str(record["conversation_id"]))] = record
+
+
+def _check_manifest(out: Path, settings: Mapping[str, Any], identities: Mapping[str, Mapping[str, Any]]) -> None:
+    """Create run.json, or check that this rerun matches it; new configurations are added."""
+    path = out / "run.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: malformed JSON ({exc.msg})") from None
+        if old.get("format") != RUN_FORMAT:
+            raise DataError(f"{path} is not a red-team run manifest")
+        for key in sorted(set(old["settings"]) | set(settings)):
+            if old["settings"].get(key) != settings.get(key):
+                raise MindGuardError(f"{out} holds a run with a different {key} ({old['settings'].get(key)!r} there, "
+                                     f"{settings.get(key)!r} now); rerun with the same settings or use a new --out")
+        configs = dict(old.get("configs") or {})
+        for name, ident in identities.items():
+            if name in configs and configs[name] != ident:
+                raise MindGuardError(f"{out} holds results for configuration {name!r} with a different guard "
+                                     f"({configs[name]} there, {dict(ident)} now); use a new --out")
+            configs[name] = dict(ident)
+    else:
+        configs = {k: dict(v) for k, v in identities.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"format": RUN_FORMAT, "version": 1, "settings": dict(settings), "configs": configs},
+                              indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _Clients:
+    """One HTTP client per (model, base URL, key variable), shared by all threads."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, str, str | None], ChatClient] = {}
+        self._lock = threading.Lock()
+
+    def get(self, role: RoleModel, max_concurrency: int) -> ChatClient:
+        key = (role.model, role.base_url, role.api_key_env)
+        with self._lock:
+            if key not in self._clients:
+                require("httpx", "llm")
+                from ..llm.openai_compat import OpenAICompatClient
+
+                self._clients[key] = OpenAICompatClient(role.model, base_url=role.base_url, api_key_env=role.api_key_env,
+                                                        max_concurrency=max_concurrency)
+            return self._clients[key]
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            close = getattr(c, "close", None)
+            if close is not None:
+                close()
+
+
+@dataclass
+class RedTeamRun:
+    """Plays, judges and reports a run into `out`.
+
+    `configs` are guard specs (`keyword`, `encoder:operating_point=tpr90`, …) with None for the
+    unguarded baseline; `guards` may pass already-built guards by spec (tests, the server).
+    `clients` may inject `ChatClient`s by role name ("attacker", "clinician", "judge").
+    """
+
+    out: Path
+    configs: Sequence[str | None]
+    n: int
+    settings: RedTeamSettings = field(default_factory=RedTeamSettings)
+    workers: int = 1
+    progress: bool = True
+    guards: Mapping[str, BaseGuard] = field(default_factory=dict)
+    clients: Mapping[str, ChatClient] = field(default_factory=dict)
+    log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if not self.configs:
+            raise MindGuardError("choose at least one configuration: --no-guard and/or --guard NAME")
+        names = [config_name(c) for c in self.configs]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise MindGuardError(f"configuration {dup[0]!r} is given twice")
+        if self.workers < 1:
+            raise MindGuardError(f"--workers must be at least 1, got {self.workers}")
+        self._http = _Clients()
+
+    # -- the parts ------------------------------------------------------------------------------
+    def _client(self, role: str, spec: RoleModel) -> ChatClient:
+        if role in self.clients:
+            return self.clients[role]
+        return self._http.get(spec, max_concurrency=max(2, self.workers))
+
+    def _attacker(self, plan: AttackPlan) -> Agent:
+        s = self.settings.attacker
+        if s.model == SCRIPTED:
+            return ScriptedAttacker(plan)
+        return LLMAttacker(self._client("attacker", s), plan, temperature=s.temperature)
+
+    def _clinician(self) -> Agent:
+        s = self.settings.clinician
+        if s.model == SCRIPTED:
+            return ScriptedClinician(harm_rate=self.settings.harm_rate)
+        return LLMClinician(self._client("clinician", s), self.settings.clinician_system_prompt,
+                            temperature=s.temperature, intervention_role=self.settings.policy.role)
+
+    def _judge(self) -> Judge:
+        s = self.settings.judge
+        if s.model == RULE:
+            return RuleJudge()
+        return LLMJudge(self._client("judge", s), k=self.settings.judge_samples, temperature=s.temperature,
+                        name=s.model)
+
+    def _load_guard(self, spec: str | None) -> BaseGuard | None:
+        if spec is None:
+            return None
+        if spec in self.guards:
+            return self.guards[spec]
+        return load_guard(spec)
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Play what is missing, judge what is unjudged, write and return the report."""
+        plans = plan_attacks(self.n, self.settings.seed, self.settings.strategies, self.settings.max_turns)
+        guards = {config_name(c): self._load_guard(c) for c in self.configs}
+        identities = {config_name(c): guard_identity(c, guards[config_name(c)]) for c in self.configs}
+        settings = self.settings.to_dict()
+        _check_manifest(self.out, settings, identities)
+        transcripts = AppendLog(self.out / "transcripts.jsonl")
+        judgements = AppendLog(self.out / "judgements.jsonl")
+        if transcripts.repaired or judgements.repaired:
+            self.log("redteam: dropped a torn last line left by an interrupted run")
+        judge = self._judge()
+        locks = {name: threading.Lock() for name in guards}
+        todo = [(name, plan) for name in guards for plan in plans
+                if (name, plan.id) not in transcripts or (name, plan.id) not in judgements]
+        done_before = len(guards) * len(plans) - len(todo)
+        if done_before:
+            self.log(f"redteam: resuming {self.out}: {done_before} of {len(guards) * len(plans)} conversations already done")
+
+        def one(name: str, plan: AttackPlan) -> None:
+            key = (name, plan.id)
+            if key not in transcripts:
+                record = run_guarded_conversation(plan, self._attacker(plan), self._clinician(), guards[name],
+                                                  self.settings.policy if guards[name] is not None else None,
+                                                  config=name, guard_lock=locks[name])
+                transcripts.append(record)
+            record = transcripts.records[key]
+            if key not in judgements:
+                verdict = judge.judge(record)
+                judgements.append({"config": name, "conversation_id": plan.id, "judge": judge.name,
+                                   "judge_samples": self.settings.effective_judge_samples, **verdict.to_dict()})
+
+        try:
+            self._execute(todo, one)
+        finally:
+            self._http.close()
+        return self.write_report(plans, transcripts, judgements)
+
+    def _execute(self, todo: Sequence[tuple[str, AttackPlan]], one: Callable[[str, AttackPlan], None]) -> None:
+        bar = None
+        if self.progress and todo:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), desc="redteam", unit="conv", file=sys.stderr)
+        try:
+            if self.workers == 1:
+                for name, plan in todo:
+                    one(name, plan)
+                    if bar is not None:
+                        bar.update(1)
+                return
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                futures = [pool.submit(one, name, plan) for name, plan in todo]
+                pending = set(futures)
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    if bar is not None:
+                        bar.update(len(finished))
+                    for f in finished:
+                        if f.exception() is not None:
+                            for p in pending:
+                                p.cancel()
+                            raise f.exception()  # type: ignore[misc]
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def write_report(self, plans: Sequence[AttackPlan], transcripts: AppendLog, judgements: AppendLog) -> dict[str, Any]:
+        names = [config_name(c) for c in self.configs]
+        records = {n: [transcripts.records[(n, p.id)] for p in plans] for n in names}
+        verdicts = {n: {p.id: judgements.records[(n, p.id)] for p in plans} for n in names}
+        report = build_report(names, records, verdicts, self.settings.to_dict(), self.settings.simulated_roles)
+        report["n_planned"] = len(plans)
+        (self.out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (self.out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        return report
+
+
+def run_redteam(out: str | Path, configs: Sequence[str | None], n: int, settings: RedTeamSettings | None = None,
+                **kwargs: Any) -> dict[str, Any]:
+    """Run (or resume) a red team into `out` and return the report. See `RedTeamRun`."""
+    return RedTeamRun(Path(out), list(configs), n, settings or RedTeamSettings(), **kwargs).run()
