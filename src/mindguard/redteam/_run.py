@@ -352,18 +352,23 @@ class RedTeamRun:
                     if bar is not None:
                         bar.update(1)
                 return
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                futures = [pool.submit(one, name, plan) for name, plan in todo]
-                pending = set(futures)
+            pool = ThreadPoolExecutor(max_workers=self.workers)
+            try:
+                pending = {pool.submit(one, name, plan) for name, plan in todo}
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
                     if bar is not None:
                         bar.update(len(finished))
                     for f in finished:
-                        if f.exception() is not None:
-                            for p in pending:
-                                p.cancel()
-                            raise f.exception()  # type: ignore[misc]
+                        exc = f.exception()
+                        if exc is not None:
+                            raise exc
+            except BaseException:
+                # stop at once (Ctrl-C, a server that went away): conversations in flight finish
+                # and are recorded, queued ones are dropped and played by the next run
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
         finally:
             if bar is not None:
                 bar.close()
