@@ -13,8 +13,7 @@ Example:
     >>> app = create_app(load_settings(overrides={"guard": "keyword", "database_url": "sqlite://"}))  # doctest: +SKIP
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI must see the local Annotated aliases as objects
 import base64
 import datetime as dt
 import json
