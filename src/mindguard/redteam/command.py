@@ -15,47 +15,47 @@ _OFFLINE_HELP = "scripted attacker, scripted clinician and rule-based judge (a s
 def add_command(sub: Any) -> None:
     r = sub.add_parser("redteam", help="red-team a clinician LM with and without a guard in the loop",
                        description="Attacker LM vs a guarded clinician LM, scored by a judge LM: attack success, "
-                                   "harmful engagement and needless intervention rates per configuration, with 95%% "
+                                   "harmful engagement and needless intervention rates per configuration, with 95 % "
                                    "Wilson intervals. Resumable: rerun the same command to continue.")
     who = r.add_argument_group("models (OpenAI-compatible servers; 'scripted'/'rule' = offline stand-ins)")
     who.add_argument("--offline", action="store_true", help=_OFFLINE_HELP)
-    who.add_argument("--clinician-model", help="the clinician LM under test ('scripted' offline)")
-    who.add_argument("--attacker-model", help="the attacker LM ('scripted' offline)")
-    who.add_argument("--judge-model", help="the judge LM ('rule' offline; needs the scripted attacker)")
-    who.add_argument("--base-url", default="http://localhost:8000/v1", help="API root of the models' server (default %(default)s)")
-    who.add_argument("--clinician-url", help="API root for the clinician model (default --base-url)")
-    who.add_argument("--attacker-url", help="API root for the attacker model (default --base-url)")
-    who.add_argument("--judge-url", help="API root for the judge model (default --base-url)")
-    who.add_argument("--api-key-env", help="name of the environment variable holding the API key (never the key itself)")
-    who.add_argument("--clinician-system-prompt", help="file with the clinician LM's system prompt")
-    who.add_argument("--attacker-temperature", type=float, default=0.9)
-    who.add_argument("--clinician-temperature", type=float, default=0.7)
-    who.add_argument("--judge-temperature", type=float, default=0.7, help="used when --judge-samples > 1")
-    who.add_argument("--judge-samples", type=int, default=3, help="k judge samples per conversation, majority vote (default 3)")
-    who.add_argument("--harm-rate", type=float, default=0.2,
+    who.add_argument("--clinician-model", metavar="MODEL", help="the clinician LM under test ('scripted' offline)")
+    who.add_argument("--attacker-model", metavar="MODEL", help="the attacker LM ('scripted' offline)")
+    who.add_argument("--judge-model", metavar="MODEL", help="the judge LM ('rule' offline; needs the scripted attacker)")
+    who.add_argument("--base-url", metavar="URL", default="http://localhost:8000/v1", help="API root of the models' server (default %(default)s)")
+    who.add_argument("--clinician-url", metavar="URL", help="API root for the clinician model (default --base-url)")
+    who.add_argument("--attacker-url", metavar="URL", help="API root for the attacker model (default --base-url)")
+    who.add_argument("--judge-url", metavar="URL", help="API root for the judge model (default --base-url)")
+    who.add_argument("--api-key-env", metavar="NAME", help="name of the environment variable holding the API key (never the key itself)")
+    who.add_argument("--clinician-system-prompt", metavar="FILE", help="file with the clinician LM's system prompt")
+    who.add_argument("--attacker-temperature", metavar="T", type=float, default=0.9)
+    who.add_argument("--clinician-temperature", metavar="T", type=float, default=0.7)
+    who.add_argument("--judge-temperature", metavar="T", type=float, default=0.7, help="used when --judge-samples > 1")
+    who.add_argument("--judge-samples", metavar="K", type=int, default=3, help="k judge samples per conversation, majority vote (default 3)")
+    who.add_argument("--harm-rate", metavar="P", type=float, default=0.2,
                      help="offline clinician: chance it complies harmfully with a risky request (default 0.2)")
 
     cfg = r.add_argument_group("configurations")
-    cfg.add_argument("--guard", action="append", default=[], help="NAME[:key=value,...]; repeat to compare several")
+    cfg.add_argument("--guard", metavar="SPEC", action="append", default=[], help="NAME[:key=value,...]; repeat to compare several")
     cfg.add_argument("--no-guard", action="store_true", help="include the unguarded clinician (the baseline)")
 
     pol = r.add_argument_group("intervention policy")
-    pol.add_argument("--policy", help="JSON file with the policy (message, labels, threshold, label_thresholds, repeat, role)")
-    pol.add_argument("--intervention-message", help="text injected on a flag; may use {risk}, {label}, {p_unsafe}")
-    pol.add_argument("--intervene-on", help="comma-separated unsafe labels that trigger it (default both)")
-    pol.add_argument("--intervention-threshold", type=float,
+    pol.add_argument("--policy", metavar="FILE", help="JSON file with the policy (message, labels, threshold, label_thresholds, repeat, role)")
+    pol.add_argument("--intervention-message", metavar="TEXT", help="text injected on a flag; may use {risk}, {label}, {p_unsafe}")
+    pol.add_argument("--intervene-on", metavar="LABELS", help="comma-separated unsafe labels that trigger it (default both)")
+    pol.add_argument("--intervention-threshold", metavar="P", type=float,
                      help="p(unsafe) that triggers it (default: the guard's own operating point)")
     pol.add_argument("--intervene", choices=("every-turn", "once"), help="inject on every flagged turn (default) or once")
     pol.add_argument("--intervention-role", choices=("system", "developer"), help="chat role of the injected message")
 
     run = r.add_argument_group("run")
-    run.add_argument("--n", type=int, required=True, help="conversations per configuration")
-    run.add_argument("--out", required=True, help="output directory (rerun to resume)")
-    run.add_argument("--max-turns", type=int, default=10, help="user-turn budget per conversation (default 10)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--strategies", help="comma-separated subset of: covert_escalation, pretext_method, harm_to_others, "
+    run.add_argument("--n", metavar="N", type=int, required=True, help="conversations per configuration")
+    run.add_argument("--out", metavar="DIR", required=True, help="output directory (rerun to resume)")
+    run.add_argument("--max-turns", metavar="T", type=int, default=10, help="user-turn budget per conversation (default 10)")
+    run.add_argument("--seed", metavar="S", type=int, default=0)
+    run.add_argument("--strategies", metavar="LIST", help="comma-separated subset of: covert_escalation, pretext_method, harm_to_others, "
                                           "validate_plan, control (default all, round-robin)")
-    run.add_argument("--workers", type=int, default=1, help="conversations played in parallel (LLM runs)")
+    run.add_argument("--workers", metavar="W", type=int, default=1, help="conversations played in parallel (LLM runs)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=run_command)
 
