@@ -33,6 +33,10 @@ from .verdict import FORMATS, classification_messages, parse_verdict, verdict_di
 _FMT = FORMATS["mindguard"]
 
 
+class JudgeFormatError(MindGuardError):
+    """The judge never answered in the verdict format."""
+
+
 def majority_label(votes: Sequence[str]) -> str:
     """The most common label; a tie leans unsafe (as clinicians do when in doubt), and between
     the two unsafe labels goes to the one listed first in the taxonomy."""
@@ -133,7 +137,7 @@ class LLMJudge:
             votes.append(parsed.label)
             rationales.append(parsed.rationale)
         if not votes:
-            raise MindGuardError(f"the judge gave no answer in the expected format in {k} samples "
+            raise JudgeFormatError(f"the judge gave no answer in the expected format in {k} samples "
                                  "(it must start with 'Safety: Safe' or 'Safety: Unsafe')")
         p = sum(v in UNSAFE_LABELS for v in votes) / len(votes)
         return Judgement(majority_label(votes), votes, rationales, p, "votes", invalid, total)

@@ -33,11 +33,16 @@ RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
 class LLMServerError(MindGuardError):
-    """The server could not be used: unreachable, rejected the key, no such model, bad answer."""
+    """The server could not be used: unreachable, rejected the key, no such model, bad answer.
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    `fatal` is True when retrying later cannot help without the user changing something (URL,
+    key, model name, request limits); batch jobs stop on those and carry on past the others.
+    """
+
+    def __init__(self, message: str, status: int | None = None, fatal: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.fatal = fatal
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -150,7 +155,8 @@ class OpenAICompatClient:
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
             if not key:
-                raise MindGuardError(f"environment variable {self.api_key_env} (the API key for {self.base_url}) is not set")
+                raise LLMServerError(f"environment variable {self.api_key_env} (the API key for {self.base_url}) is not set",
+                                     fatal=True)
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
@@ -174,7 +180,7 @@ class OpenAICompatClient:
             except httpx.ConnectError as exc:
                 # a refused connection will not heal within a backoff: report it at once
                 raise LLMServerError(f"cannot reach the LLM server at {self.base_url} ({exc.__class__.__name__}); "
-                                     "is it running and is the URL right?") from exc
+                                     "is it running and is the URL right?", fatal=True) from exc
             except httpx.TimeoutException as exc:
                 last = f"no answer from {self.base_url} within {self.timeout:g}s (timeout)"
                 err = exc
@@ -193,12 +199,13 @@ class OpenAICompatClient:
                     hint = (f"check the key in {self.api_key_env}" if self.api_key_env
                             else "pass api_key_env=NAME_OF_THE_VARIABLE_HOLDING_THE_KEY")
                     raise LLMServerError(f"the LLM server at {self.base_url} rejected the request "
-                                         f"({resp.status_code} {detail or 'unauthorized'}); {hint}", resp.status_code)
+                                         f"({resp.status_code} {detail or 'unauthorized'}); {hint}", resp.status_code, fatal=True)
                 if resp.status_code == 404:
-                    raise LLMServerError(self._not_found_message(path, detail), 404)
+                    raise LLMServerError(self._not_found_message(path, detail), 404, fatal=True)
                 if resp.status_code not in RETRY_STATUSES:
+                    # other 4xx: the request itself is wrong (limits, parameters); every retry would fail
                     raise LLMServerError(f"the LLM server at {self.base_url} answered {resp.status_code}: {detail}",
-                                         resp.status_code)
+                                         resp.status_code, fatal=True)
                 last = f"the LLM server at {self.base_url} answered {resp.status_code}: {detail}"
                 retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
                 err = LLMServerError(last, resp.status_code)
