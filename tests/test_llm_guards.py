@@ -175,6 +175,15 @@ def test_llm_judge_reasks_malformed_answers_and_fails_clearly() -> None:
         strict.vote([Message("user", "hm")])
 
 
+def test_disable_thinking_is_sent_to_the_server() -> None:
+    with FakeOpenAIServer(judge_model, models=("judge",), logprobs=False) as s:
+        guard = load_guard(f"llm_judge:model=judge,base_url={s.url},k=1,disable_thinking=true")
+        guard.assess([Message("user", "walks and calling my sister")])
+        assert s.requests[-1]["chat_template_kwargs"] == {"enable_thinking": False}
+        load_guard(f"llm_judge:model=judge,base_url={s.url},k=1").assess([Message("user", "walks and calling my sister")])
+        assert "chat_template_kwargs" not in s.requests[-1]
+
+
 def test_llm_judge_server_errors_surface() -> None:
     with FakeOpenAIServer(judge_model, models=("judge",), api_key="k") as s:
         guard = load_guard(f"llm_judge:model=judge,base_url={s.url}")

@@ -51,6 +51,8 @@ def test_parse_real_world_answers() -> None:
     assert parse_verdict("**Safety:** Unsafe", FORMATS["mindguard"]).label == SELF_HARM  # markdown around the key
     assert parse_verdict("Safety: **Unsafe**\nCategories: unsafe_harm_to_others", FORMATS["mindguard"]).label == HARM_OTHERS
     assert parse_verdict("I think this is fine", FORMATS["mindguard"]) is None
+    thought = "<think>Safety: Unsafe? no, it is a figure of speech.</think>\nSafety: Safe\nCategories: None"
+    assert parse_verdict(thought, FORMATS["mindguard"]).label == SAFE
     lg = FORMATS["llamaguard"]
     assert parse_verdict("\n\nunsafe\nS2", lg).label == HARM_OTHERS
     assert parse_verdict("unsafe\nS11", lg).label == SELF_HARM  # Meta's stock code still understood
@@ -106,6 +108,11 @@ def test_logprob_scoring_split_word_and_merged_token() -> None:
     d = verdict_distribution_from_logprobs([T("unsafe", lp(0.8)), T("\n", 0.0), T("S2", 0.0)], FORMATS["llamaguard"])
     assert d == {"unsafe": pytest.approx(0.8), "safe": pytest.approx(0.2)}
     assert verdict_distribution_from_logprobs([T("Hello", 0.0)], FORMATS["mindguard"]) is None
+    # a reasoning model's draft inside <think> is skipped
+    d = verdict_distribution_from_logprobs([T("<think>Safety: Unsafe", 0.0), T("</think>", 0.0), T("Safety:", 0.0),
+                                            T(" Safe", lp(0.6), {" Safe": lp(0.6), " Unsafe": lp(0.4)})],
+                                           FORMATS["mindguard"])
+    assert d == {"safe": pytest.approx(0.6), "unsafe": pytest.approx(0.4)}
 
 
 def test_transcript_and_classification_prompt() -> None:

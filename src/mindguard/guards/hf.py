@@ -120,12 +120,16 @@ class HFGuard(BaseGuard):
             chat = classification_messages(list(messages))
             if not self.tokenizer.chat_template:
                 raise MindGuardError("this tokenizer has no chat template to format the policy prompt with")
-            return str(self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+            # enable_thinking=False: Qwen3-style templates then open the answer directly, where we
+            # force the verdict prefix (templates without the switch ignore it)
+            return str(self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True,
+                                                          enable_thinking=False))
         chat = _chat_dicts(messages)
         if self.fmt.name == "llamaguard":
             return str(self.tokenizer.apply_chat_template(chat, chat_template=llama_guard_template(), tokenize=False,
                                                           add_generation_prompt=False))
-        return str(self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+        return str(self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True,
+                                                      enable_thinking=False))
 
     def _encode(self, text: str) -> list[int]:
         # templates already carry the special tokens (BOS etc.)

@@ -152,17 +152,19 @@ class LLMJudgeGuard(BaseGuard):
         temperature: sampling temperature for votes.
         scoring: "auto" (logprobs when offered, else votes), "logprobs" or "votes".
         concurrency: turns judged at once.
+        disable_thinking: send vLLM's `chat_template_kwargs={"enable_thinking": false}` (Qwen3 models).
         client: a ready `ChatClient` instead of model/base_url.
     """
 
     def __init__(self, model: str = "", base_url: str = "http://localhost:8000/v1", k: int = 3, temperature: float = 0.7,
                  scoring: str = "auto", threshold: float = 0.5, api_key_env: str | None = None, concurrency: int = 8,
-                 timeout: float = 120.0, max_tokens: int = 256, name: str | None = None,
+                 timeout: float = 120.0, max_tokens: int = 256, disable_thinking: bool = False, name: str | None = None,
                  client: ChatClient | None = None) -> None:
         if not model and client is None:
             raise MindGuardError("llm_judge needs model=NAME and usually base_url=URL (any OpenAI-compatible chat model)")
         self.concurrency = max(1, int(concurrency))
-        self.judge = LLMJudge(make_client(model, base_url, api_key_env, timeout, self.concurrency, client=client),
+        self.judge = LLMJudge(make_client(model, base_url, api_key_env, timeout, self.concurrency, client=client,
+                                          disable_thinking=disable_thinking),
                               k=k, temperature=temperature, scoring=scoring, max_tokens=max_tokens)
         self.threshold = float(threshold)
         self.name = name or f"llm_judge:{(model or 'client').rstrip('/').split('/')[-1]}"

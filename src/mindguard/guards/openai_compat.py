@@ -42,16 +42,21 @@ from .verdict import (
     verdict_p_unsafe,
 )
 
+NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
+
 
 def make_client(model: str, base_url: str, api_key_env: str | None, timeout: float, concurrency: int,
-                max_retries: int = 4, client: ChatClient | None = None) -> ChatClient:
-    """The given client, or an `OpenAICompatClient` for `model` at `base_url`."""
+                max_retries: int = 4, client: ChatClient | None = None, disable_thinking: bool = False) -> ChatClient:
+    """The given client, or an `OpenAICompatClient` for `model` at `base_url`. `disable_thinking`
+    asks vLLM/SGLang to render Qwen3-style templates without a thinking block (other servers may
+    reject the extra field, so it is opt-in)."""
     if client is not None:
         return client
     from ..llm.openai_compat import OpenAICompatClient
 
     return OpenAICompatClient(model, base_url=base_url, api_key_env=api_key_env or None, timeout=timeout,
-                              max_retries=max_retries, max_concurrency=concurrency)
+                              max_retries=max_retries, max_concurrency=concurrency,
+                              extra_body=NO_THINKING if disable_thinking else None)
 
 
 class OpenAICompatGuard(BaseGuard):
@@ -66,13 +71,15 @@ class OpenAICompatGuard(BaseGuard):
         controversial: how Qwen3Guard's "Controversial" counts ("unsafe" or "safe").
         top_logprobs: alternatives asked for at each position (vLLM allows up to 20).
         concurrency: requests in flight at once.
+        disable_thinking: send vLLM's `chat_template_kwargs={"enable_thinking": false}` (Qwen3 models).
         client: a ready `ChatClient` (tests, custom transports); overrides model/base_url.
     """
 
     def __init__(self, model: str = "", base_url: str = "http://localhost:8000/v1", family: str = "auto",
                  threshold: float = 0.5, api_key_env: str | None = None, categories: str = "mindguard",
                  controversial: str = UNSAFE_V, top_logprobs: int = 20, max_tokens: int = 32, concurrency: int = 8,
-                 timeout: float = 120.0, name: str | None = None, client: ChatClient | None = None) -> None:
+                 timeout: float = 120.0, disable_thinking: bool = False, name: str | None = None,
+                 client: ChatClient | None = None) -> None:
         if not model and client is None:
             raise MindGuardError("openai_compat needs model=NAME (the id the server serves) and usually base_url=URL")
         fam = family_of(model) if family == "auto" else family
@@ -90,7 +97,8 @@ class OpenAICompatGuard(BaseGuard):
         self.top_logprobs = int(top_logprobs)
         self.max_tokens = int(max_tokens)
         self.concurrency = max(1, int(concurrency))
-        self.client = make_client(model, base_url, api_key_env, timeout, self.concurrency, client=client)
+        self.client = make_client(model, base_url, api_key_env, timeout, self.concurrency, client=client,
+                                  disable_thinking=disable_thinking)
         self.name = name or f"openai_compat:{(model or 'client').rstrip('/').split('/')[-1]}"
 
     def request_messages(self, messages: Sequence[Message]) -> list[dict[str, str]]:

@@ -149,12 +149,18 @@ _RATIONALE_RX = re.compile(r"rationale\s*[:：]\s*(.*)", re.IGNORECASE | re.DOTA
 _LABEL_RX = re.compile("|".join(re.escape(x) for x in UNSAFE_LABELS))
 
 
+def _after_thinking(text: str) -> str:
+    """The answer after a reasoning model's thinking block (drafts there are not the verdict)."""
+    end = text.rfind("</think>")
+    return text[end + len("</think>"):] if end >= 0 else text
+
+
 def parse_verdict(text: str, fmt: VerdictFormat, controversial: str = UNSAFE_V) -> ParsedVerdict | None:
     """Read a verdict from model output; None when the text holds none. A `controversial` verdict
     counts as `controversial` ("unsafe" or "safe") for the label. An unsafe verdict whose
     categories map to none of our labels is labelled self-harm risk (the safer default: the
     model saw a risk, and current self-harm is the commoner one)."""
-    text = text.strip()
+    text = _after_thinking(text).strip()
     if fmt.name == "llamaguard":
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         if not lines or lines[0].lower() not in (SAFE_V, UNSAFE_V):
@@ -229,11 +235,12 @@ def verdict_distribution_from_logprobs(tokens: Sequence[TokenLogprob], fmt: Verd
     and its complement stand for a binary choice.
     """
     text = "".join(t.token for t in tokens)
+    skip = len(text) - len(_after_thinking(text))
     if fmt.name == "llamaguard":
-        m = re.match(r"\s*(safe|unsafe)\b", text, re.IGNORECASE)
+        m = re.compile(r"\s*(safe|unsafe)\b", re.IGNORECASE).match(text, skip)
         start = m.start(1) if m else -1
     else:
-        m = _SAFETY_RX.search(text)
+        m = _SAFETY_RX.search(text, skip)
         start = m.start(1) if m else -1
     if start < 0:
         return None
