@@ -286,9 +286,11 @@ def create_app(settings: ServeSettings | None = None, guard: BaseGuard | None = 
             err = content_error(f"messages.{k}.content", m.content, settings.max_message_chars)
             if err:
                 raise ApiError(422, err)
+        if not any(m.role == "user" for m in body.messages):
+            raise ApiError(422, "messages: there is no user turn to assess")
         try:
             conv = Conversation(body.conversation_id or "request", tuple(Message(m.role, m.content) for m in body.messages))
-        except DataError as exc:
+        except DataError as exc:  # pragma: no cover - the checks above cover what Conversation validates
             raise ApiError(422, f"messages: {exc}") from None
         idx = conv.user_turn_indices()
         if body.last_only:
