@@ -95,8 +95,7 @@ class FakeOpenAIServer:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> FakeOpenAIServer:
         handler = _make_handler(self)
-        self._httpd = ThreadingHTTPServer((self.host, 0), handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server((self.host, 0), handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-openai", daemon=True)
         self._thread.start()
         return self
@@ -162,6 +161,12 @@ class FakeOpenAIServer:
     def _leave(self) -> None:
         with self._lock:
             self._in_flight -= 1
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # the stdlib default backlog of 5 makes bursts of parallel clients wait out SYN retries
+    request_queue_size = 128
 
 
 def _error_body(status: int, message: str) -> str:
