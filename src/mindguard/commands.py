@@ -12,6 +12,7 @@ _FEATURES: list[str] = [
     "mindguard.train.command",
     "mindguard.serve.command",
     "mindguard.redteam.command",
+    "mindguard.synth.command",
 ]
 
 for _mod in _FEATURES:

@@ -5,6 +5,8 @@ touching code. A file holds banks; each bank is a header line `## key` followed 
 line. Directives inside a bank: `@label LABEL` (the label turns drawn from the bank must carry; the
 engine refuses to use the bank in a stage with another label) and `@rationale TEXT` (the one-line
 rationale given to every turn drawn from it; a phrase may override it with `phrase || rationale`).
+A phrase may start with tags in parentheses, `(kid,!job) ...`, to fit only speakers who have (or,
+with `!`, lack) those tags: persona attributes, locale, problem, the thread of risk under way.
 Templates use `[a|b|c]` for an inline choice (`[a|]` makes `a` optional; choices nest),
 `{slot}` / `{slot:form}` for a slot filled by the caller (a person's name or pronoun, a place, a
 time ...) and `{@bank.key}` to splice in a phrase from another bank. Expansion is driven by a
@@ -13,7 +15,7 @@ time ...) and `{@bank.key}` to splice in a phrase from another bank. Expansion i
 Example:
     >>> m = Material.from_text("## greet\\n[Hi|Hey] {name}[!|.]\\n")
     >>> m.render("greet", random.Random(1), lambda slot: "Ana")
-    'Hey Ana.'
+    'Hi Ana.'
 """
 
 from __future__ import annotations
@@ -180,7 +182,9 @@ def _matching(s: str, i: int) -> int:
 
 
 def _split_top(s: str) -> list[str]:
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in s:
         if ch == "[":
             depth += 1

@@ -96,10 +96,10 @@ class _Board:
     thread: str = ""
     steps_done: set[str] = field(default_factory=set)
     resolved: bool = False
-    stages_seen: list[str] = field(default_factory=list)
     disclosed: bool = False
     base_tags: frozenset[str] = frozenset()
     topic_known: bool = False
+    turn_stages: list[str] = field(default_factory=list)
     after_ask: bool = False
 
     def set_thread(self, thread: str) -> None:
@@ -220,9 +220,10 @@ class _Slots:
             elif form.lower() == "your":
                 out = "your " + p["rel"][3:] if p["rel"].startswith("my ") else p["rel"]
             else:
-                out = _PRONOUNS[p["gender"]].get(form.lower())
-                if out is None:
-                    raise DataError(f"unknown person form {{{name}}}; allowed: rel, word, he, him, his, himself, hes")
+                pronoun = _PRONOUNS[p["gender"]].get(form.lower())
+                if pronoun is None:
+                    raise DataError(f"unknown person form {{{name}}}; allowed: rel, word, your, he, him, his, himself, hes")
+                out = pronoun
                 cap = cap or form[:1].isupper()
             return out[:1].upper() + out[1:] if cap else out
         if name in self.b.slots:
@@ -308,8 +309,6 @@ class OfflinePatient:
         k, stage = b.plan[t]
         first = t == 0 or b.plan[t - 1][0] != k
         cls = _CLASS[stage.label]
-        if first and (not b.stages_seen or b.stages_seen[-1] != stage.name):
-            b.stages_seen.append(stage.name)
         if stage.name in _THREADS and first:
             b.set_thread(_THREADS[stage.name])
         elif first and stage.name in _SELF_DISCLOSURES and not b.thread:
@@ -334,6 +333,7 @@ class OfflinePatient:
         if f"/{scenario.problem}" in key:
             b.topic_known = True
         b.after_ask = ".after_ask" in key
+        b.turn_stages.append(stage.name)
         b.stage, b.move, b.label = stage.name, move, stage.label
         if key == "p.opening":
             b.move = "opening_generic"
@@ -361,23 +361,23 @@ class OfflinePatient:
         asked = bool(q) and q != "open"
         # a safe stage never leaves a risk question hanging: the answer is a credible "no"
         if asked and cls == "safe" and q in _SAFE_ANSWERED:
-            for k in (f"p.{s}.ans.{q}", f"p.{b.stage}.ans.{q}", f"p.safe.ans.{q}"):
-                if m.usable(k, tags):
-                    return k, f"ans:{q}"
+            for key in (f"p.{s}.ans.{q}", f"p.{b.stage}.ans.{q}", f"p.safe.ans.{q}"):
+                if m.usable(key, tags):
+                    return key, f"ans:{q}"
         if first and s not in _CONTINUATIONS:
             if asked:
-                k = spec(f"p.{s}.after_ask", threads)
-                if k and rng.random() < 0.8:
-                    return k, s
-            k = spec(f"p.{s}.first", threads) or spec(f"p.{s}", threads)
-            if k:
-                return k, s
+                found = spec(f"p.{s}.after_ask", threads)
+                if found and rng.random() < 0.8:
+                    return found, s
+            found = spec(f"p.{s}.first", threads) or spec(f"p.{s}", threads)
+            if found:
+                return found, s
         # answers to the clinician's question: stage-specific, thread-specific, then per label class
         if asked:
             p_answer = 0.85 if cls != "safe" else 0.95
-            for k in (f"p.{s}.ans.{q}", f"p.{b.thread}.ans.{q}" if b.thread else "", f"p.{cls}.ans.{q}"):
-                if k and m.usable(k, tags) and rng.random() < p_answer:
-                    return k, f"ans:{q}"
+            for key in (f"p.{s}.ans.{q}", f"p.{b.thread}.ans.{q}" if b.thread else "", f"p.{cls}.ans.{q}"):
+                if key and m.usable(key, tags) and rng.random() < p_answer:
+                    return key, f"ans:{q}"
         terse = "terse" in (b.persona.persona.style if b.persona else ())
         if cls != "safe" or s in ("problem", "coping", "after_resolution"):
             if rng.random() < (0.22 if terse else 0.12) and m.usable(f"p.{cls}.short", tags) and b.move != f"{cls}.short":
@@ -386,14 +386,14 @@ class OfflinePatient:
             if rng.random() < 0.3 and m.usable("p.botq", tags):
                 return "p.botq", "botq"
             return "p.smalltalk", "smalltalk"
-        k = spec(f"p.{s}.more", threads) or spec(f"p.{s}", threads)
-        if k is None and s == "after_resolution":
-            k = spec("p.problem")
-        if k is None:
-            k = spec(f"p.{cls}_continuation", threads)
-        if k is None:
+        found = spec(f"p.{s}.more", threads) or spec(f"p.{s}", threads)
+        if found is None and s == "after_resolution":
+            found = spec("p.problem")
+        if found is None:
+            found = spec(f"p.{cls}_continuation", threads)
+        if found is None:
             raise DataError(f"no material for stage {s!r} (expected a bank p.{s} in synth/material)")
-        return k, s
+        return found, s
 
     def _extra_bank(self, stage: Stage, cls: str, first: bool, problem: str, rng: random.Random) -> str | None:
         """Where a second sentence comes from: problem details around ordinary talk and before a
@@ -679,7 +679,7 @@ def generate_offline(library: ScenarioLibrary | None = None, n: int = 100, seed:
         meta = dict(conv.meta)
         meta.pop("trajectory_spec", None)
         meta.update({"generator": GENERATOR, "seed": seed, "trajectory_spec": scenario.trajectory,
-                     "stages": list(patient.b.stages_seen)})
+                     "turn_stages": list(patient.b.turn_stages)})
         if progress is not None:
             progress(i + 1)
         yield Conversation(conv.id, msgs, meta)
