@@ -81,6 +81,9 @@ def test_batching_with_padding_matches_one_by_one(tiny_lm: Path) -> None:
         b = single.assess(ctx)
         assert a.p_unsafe == pytest.approx(b.p_unsafe, abs=1e-5)
         assert a.extra["categories"] == b.extra["categories"]  # threshold 0: every turn names categories
+    many = HFGuard(str(tiny_lm), family="qwen3guard", batch_size=3).assess_many(convs, [c.user_turn_indices() for c in convs])
+    assert [len(x) for x in many] == [len(c.user_turns()) for c in convs]
+    assert [a.p_unsafe for x in many for a in x] == pytest.approx([a.p_unsafe for a in batched], abs=1e-5)
 
 
 def test_shared_first_token_falls_back_to_sequence_scoring(tiny_lm: Path) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from ..conversation import Message, require_user_last
 from ..errors import MindGuardError
 from ._base import Assessment, BaseGuard, make_assessment
+from ._batching import FlatBatchMixin
 from .verdict import (
     FORMATS,
     UNSAFE_V,
@@ -40,7 +41,7 @@ def _chat_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
-class HFGuard(BaseGuard):
+class HFGuard(FlatBatchMixin, BaseGuard):
     """A generative guard loaded with `transformers`.
 
     Args:
@@ -163,12 +164,16 @@ class HFGuard(BaseGuard):
         out: list[dict[str, float]] = []
         encoded = [self._encode(p) for p in prompts]
         if len(firsts) == len(cand) and len(set(firsts)) == len(firsts):
-            # one forward pass: the first tokens tell the verdict words apart
-            for s in range(0, len(encoded), self.batch_size):
-                lp = self._forward_last(encoded[s: s + self.batch_size], 1)
-                for row in lp[:, -1, :]:
-                    out.append({v: float(row[ids[0]].exp()) for v, ids in cand.items()})
-            return out
+            # one forward pass: the first tokens tell the verdict words apart. Batches of similar
+            # lengths waste less compute on padding; results go back in the callers' order.
+            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+            found: dict[int, dict[str, float]] = {}
+            for s in range(0, len(order), self.batch_size):
+                chunk = order[s: s + self.batch_size]
+                lp = self._forward_last([encoded[i] for i in chunk], 1)
+                for i, row in zip(chunk, lp[:, -1, :]):
+                    found[i] = {v: float(row[ids[0]].exp()) for v, ids in cand.items()}
+            return [found[i] for i in range(len(encoded))]
         # verdict words share their first token: score each word's whole token sequence
         for p_ids in encoded:
             dist = {}

@@ -27,6 +27,7 @@ from ..errors import MindGuardError
 from ..llm import ChatClient, Usage
 from ..taxonomy import LABELS, SAFE, UNSAFE_LABELS
 from ._base import Assessment, BaseGuard, make_assessment
+from ._batching import FlatBatchMixin
 from .openai_compat import make_client
 from .verdict import FORMATS, classification_messages, parse_verdict, verdict_distribution_from_logprobs, verdict_p_unsafe
 
@@ -143,7 +144,7 @@ class LLMJudge:
         return Judgement(majority_label(votes), votes, rationales, p, "votes", invalid, total)
 
 
-class LLMJudgeGuard(BaseGuard):
+class LLMJudgeGuard(FlatBatchMixin, BaseGuard):
     """The judge as a guard (see module docstring).
 
     Args:

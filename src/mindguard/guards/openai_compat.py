@@ -28,6 +28,7 @@ from ..conversation import Message, require_user_last
 from ..errors import MindGuardError
 from ..llm import ChatClient
 from ._base import Assessment, BaseGuard, make_assessment
+from ._batching import FlatBatchMixin
 from .verdict import (
     FORMATS,
     LLAMAGUARD_DEFAULT_CODES,
@@ -59,7 +60,7 @@ def make_client(model: str, base_url: str, api_key_env: str | None, timeout: flo
                               extra_body=NO_THINKING if disable_thinking else None)
 
 
-class OpenAICompatGuard(BaseGuard):
+class OpenAICompatGuard(FlatBatchMixin, BaseGuard):
     """A served generative guard.
 
     Args:
