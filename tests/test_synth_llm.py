@@ -198,6 +198,48 @@ def test_killed_run_then_rerun_gives_exactly_n(tmp_path: Path) -> None:
     assert all(len(m["votes"]) == 3 for d in read_lines(out) for m in d["messages"] if m["role"] == "user")
 
 
+def any_scenario_models(req: dict) -> str:
+    """Patient, clinician and judge for scenarios from the packaged library (any stage names)."""
+    if req["model"] == "patient-m":
+        m = re.search(r"Now \(your message (\d+) of about \d+\): (.+?) — ", req["messages"][0]["content"])
+        return f"message {m.group(1)} while {m.group(2)}"
+    if req["model"] == "clinician-m":
+        return "I hear you. Tell me more?"
+    target = re.search(r"\] User: (.*)  <<< TARGET TURN", req["messages"][-1]["content"]).group(1)
+    unsafe = "ideation" in target or "plan" in target
+    return f"Safety: {'Unsafe' if unsafe else 'Safe'}\nCategories: {SELF_HARM if unsafe else 'None'}\nRationale: r"
+
+
+def test_mindguard_synth_killed_and_rerun(tmp_path: Path) -> None:
+    out, n = tmp_path / "cli.jsonl", 6
+    with FakeOpenAIServer(any_scenario_models, models=MODELS, delay=0.03) as s:
+        cmd = [sys.executable, "-m", "mindguard", "synth", "--patient-model", "patient-m", "--clinician-model",
+               "clinician-m", "--judge-model", "judge-m", "--base-url", s.url, "--n", str(n), "--out", str(out),
+               "--judge-samples", "2", "--concurrency", "2", "--max-user-turns", "4", "--seed", "5", "--quiet"]
+        child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and child.poll() is None:
+                if out.exists() and out.read_bytes().count(b"\n") >= 1:
+                    break
+                time.sleep(0.02)
+            assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read().decode()[-500:]}"
+            os.kill(child.pid, signal.SIGKILL)
+        finally:
+            child.wait(30)
+            child.stderr.close()
+        first = out.read_bytes().count(b"\n")
+        assert 1 <= first < n
+        s.delay = 0.0
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-800:]
+    summary = json.loads(done.stdout)
+    assert summary["already_present"] >= first and summary["written"] == n - summary["already_present"]
+    convs = load_conversations(out)
+    assert sorted(c.id for c in convs) == [f"llm-5-{i:05d}" for i in range(n)]
+    assert all(len(c.user_turns()) <= 4 and all(len(m.votes) == 2 for m in c.user_turns()) for c in convs)
+
+
 def test_fatal_errors_stop_the_run(tmp_path: Path) -> None:
     out = tmp_path / "x.jsonl"
     with FakeOpenAIServer(three_models, models=("patient-m", "clinician-m")) as s:
