@@ -348,3 +348,60 @@ def test_cli_offline_run_and_errors(tmp_path, capsys):
             assert code == 0
         else:
             assert code == 2 and msg in err and "Traceback" not in err
+
+
+def test_failed_conversations_are_skipped_then_retried_and_fatal_errors_stop(tmp_path):
+    firsts = [p.script[0].text for p in plan_attacks(5, seed=2, max_turns=5)]
+    index = next(i for i, text in enumerate(firsts) if firsts.count(text) == 1)
+    doomed = firsts[index]  # the scripted attacker's first line of one conversation only
+    state = {"broken": True}
+
+    def respond(req: dict) -> str:
+        msgs = req["messages"]
+        if req["model"] == "clinician-lm":
+            if state["broken"] and msgs[1]["content"] == doomed:
+                return "   "  # an empty answer, twice in a row: this conversation fails
+            return "That sounds hard. Are you safe right now?"
+        return json.dumps({"crisis_present": False, "first_crisis_turn": None, "attack_success": False,
+                           "harmful_engagement": False, "needless_intervention": True, "rationale": "r"})
+
+    with FakeOpenAIServer(respond, models=("clinician-lm", "judge-lm")) as server:
+        settings = RedTeamSettings(attacker=RoleModel("scripted"), clinician=RoleModel("clinician-lm", base_url=server.url),
+                                   judge=RoleModel("judge-lm", base_url=server.url), seed=2, max_turns=5, judge_samples=1)
+        logs: list[str] = []
+        first = RedTeamRun(tmp_path / "f", [None, "keyword"], 5, settings, progress=False, log=logs.append).run()
+        assert first["missing"] == {"no-guard": 1, "keyword": 1} and len(first["failed_this_run"]) == 2
+        assert all(f"rt-{index:04d}" in m and "empty reply twice" in m for m in first["failed_this_run"])
+        assert sum("conversation failed" in m for m in logs) == 2
+        assert first["simulated_roles"] == ["attacker"]
+        state["broken"] = False
+        second = RedTeamRun(tmp_path / "f", [None, "keyword"], 5, settings, **QUIET).run()
+        assert second["missing"] == {"no-guard": 0, "keyword": 0} and not second["failed_this_run"]
+        keys = [(r["config"], r["conversation_id"]) for r in read_jsonl(tmp_path / "f" / "transcripts.jsonl")]
+        assert len(keys) == len(set(keys)) == 10
+        tokens = second["results"]["keyword"]["tokens"]
+        assert set(tokens) == {"clinician", "judge"} and tokens["clinician"]["completion_tokens"] > 0
+
+        state["broken"] = True
+        always_empty = RedTeamSettings(attacker=RoleModel("scripted"), clinician=RoleModel("clinician-lm", base_url=server.url),
+                                       judge=RoleModel("judge-lm", base_url=server.url), seed=2, max_turns=5,
+                                       judge_samples=1, strategies=("control",))
+        doomed = plan_attacks(1, seed=2, strategies=("control",), max_turns=5)[0].script[0].text  # respond() reads it
+        with pytest.raises(MindGuardError, match="2 conversations failed in a row"):
+            RedTeamRun(tmp_path / "g", [None, "keyword"], 1, always_empty, max_consecutive_failures=2, **QUIET).run()
+        wrong = RedTeamSettings(attacker=RoleModel("scripted"), clinician=RoleModel("no-such-model", base_url=server.url),
+                                judge=RoleModel("judge-lm", base_url=server.url), seed=2, max_turns=5)
+        with pytest.raises(MindGuardError, match="model 'no-such-model' not found"):
+            RedTeamRun(tmp_path / "h", [None], 5, wrong, **QUIET).run()
+
+
+def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
+    from mindguard.redteam import AppendLog
+
+    log = AppendLog(tmp_path / "transcripts.jsonl")
+    try:
+        with pytest.raises(MindGuardError, match="another run is writing"):
+            run_redteam(tmp_path, [None], 2, **QUIET)
+    finally:
+        log.close()
+    assert run_redteam(tmp_path, [None], 2, **QUIET)["results"]["no-guard"]["n_conversations"] == 2

@@ -14,7 +14,7 @@ Example (offline simulation):
 """
 
 from ._attacker import LLMAttacker, ScriptedAttacker, attacker_system_prompt
-from ._clinician import CLINICIAN_SYSTEM_PROMPT, LLMClinician, ScriptedClinician
+from ._clinician import LLMClinician, ScriptedClinician
 from ._judge import Judge, LLMJudge, RuleJudge, Verdict, parse_judge_answer, render_transcript, vote
 from ._loop import NO_GUARD, run_guarded_conversation, transcript_messages
 from ._policy import DEFAULT_MESSAGE, Intervention, InterventionPolicy
@@ -24,7 +24,7 @@ from ._strategies import ATTACK_STRATEGIES, STRATEGIES, AttackPlan, ScriptTurn, 
 
 __all__ = [
     "LLMAttacker", "ScriptedAttacker", "attacker_system_prompt",
-    "CLINICIAN_SYSTEM_PROMPT", "LLMClinician", "ScriptedClinician",
+    "LLMClinician", "ScriptedClinician",
     "Judge", "LLMJudge", "RuleJudge", "Verdict", "parse_judge_answer", "render_transcript", "vote",
     "NO_GUARD", "run_guarded_conversation", "transcript_messages",
     "DEFAULT_MESSAGE", "Intervention", "InterventionPolicy",

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from ..errors import MindGuardError
 from ..llm import ChatClient
+from ..synth.llm import TokenMeter
 from ..taxonomy import is_unsafe, render_policy
 from ._rules import follows_crisis_protocol, harmful_engagement
 
@@ -64,7 +65,7 @@ class Judge(Protocol):
 
     name: str
 
-    def judge(self, record: Mapping[str, Any]) -> Verdict: ...
+    def judge(self, record: Mapping[str, Any], meter: TokenMeter | None = None) -> Verdict: ...
 
 
 def _quote(text: str, n: int = 60) -> str:
@@ -79,7 +80,7 @@ class RuleJudge:
     def __init__(self, grace_turns: int = 0) -> None:
         self.grace_turns = int(grace_turns)
 
-    def judge(self, record: Mapping[str, Any]) -> Verdict:
+    def judge(self, record: Mapping[str, Any], meter: TokenMeter | None = None) -> Verdict:
         turns = record["turns"]
         if any(t.get("intended_label") is None for t in turns):
             raise MindGuardError("the rule-based judge needs the scripted attacker's turn labels; "
@@ -164,7 +165,8 @@ def _as_bool(v: Any) -> bool | None:
 
 def parse_judge_answer(text: str) -> dict[str, Any] | None:
     """The judge's JSON object with the four outcomes as booleans, or None if unusable."""
-    m = _JSON_RX.search(text or "")
+    text = re.sub(r"<think>.*?</think>", " ", text or "", flags=re.DOTALL)  # a reasoning model's draft
+    m = _JSON_RX.search(text)
     if not m:
         return None
     try:
@@ -223,17 +225,19 @@ class LLMJudge:
         self.name = name
         self.system_prompt = JUDGE_SYSTEM_PROMPT.format(policy=render_policy(include_examples=True))
 
-    def judge(self, record: Mapping[str, Any]) -> Verdict:
+    def judge(self, record: Mapping[str, Any], meter: TokenMeter | None = None) -> Verdict:
         msgs = [{"role": "system", "content": self.system_prompt},
                 {"role": "user", "content": "Conversation:\n\n" + render_transcript(record)}]
         base = zlib.crc32(f"{record['config']}/{record['conversation_id']}".encode())
         samples: list[dict[str, Any]] = []
         calls = 0
         while len(samples) < self.k and calls < self.k + self.max_retries:
-            out = self.client.complete(msgs, temperature=self.temperature, max_tokens=self.max_tokens,
-                                       seed=(base + calls) % (2**31)).text
+            res = self.client.complete(msgs, temperature=self.temperature, max_tokens=self.max_tokens,
+                                       seed=(base + calls) % (2**31))
             calls += 1
-            parsed = parse_judge_answer(out)
+            if meter is not None:
+                meter.add("judge", res.usage)
+            parsed = parse_judge_answer(res.text)
             if parsed is not None:
                 samples.append(parsed)
         return vote(samples)

@@ -66,6 +66,13 @@ def _config_summary(records: Sequence[Mapping[str, Any]], verdicts: Mapping[str,
         "conversations_with_intervention": sum(int(r["n_interventions"]) > 0 for r in records),
         "user_turns": sum(int(r["n_turns"]) for r in records),
     }
+    tokens: dict[str, dict[str, int]] = {}
+    for usage in [r.get("tokens") or {} for r in records] + [v.get("tokens") or {} for v in verdicts.values()]:
+        for role, u in usage.items():
+            t = tokens.setdefault(role, {"prompt_tokens": 0, "completion_tokens": 0})
+            t["prompt_tokens"] += int(u.get("prompt_tokens", 0))
+            t["completion_tokens"] += int(u.get("completion_tokens", 0))
+    out["tokens"] = tokens
     # the guard's turn-level behaviour against the attacker's intended labels (exact for the
     # scripted attacker; the LLM attacker's intent is what it was asked to convey)
     turns = [t for r in records for t in r["turns"] if t.get("assessment") and t.get("intended_label")]
@@ -159,6 +166,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines.append("| guard flags on safe turns | " + " | ".join(
         format_rate(res[c]["guard_turns"]["flagged_safe_turns"]) if "guard_turns" in res[c] else "—" for c in configs) + " |")
     lines.append("| unjudged conversations | " + " | ".join(str(res[c]["n_unjudged"]) for c in configs) + " |")
+    if any(res[c]["tokens"] for c in configs):
+        lines.append("| tokens (prompt + completion) | " + " | ".join(
+            ", ".join(f"{role} {u['prompt_tokens'] + u['completion_tokens']:,}" for role, u in sorted(res[c]["tokens"].items()))
+            or "—" for c in configs) + " |")
     if report["paired_vs_baseline"]:
         lines += ["", f"## Paired with `{report['baseline']}` (same planned conversations)", "",
                   "| configuration | outcome | pairs | only baseline | only this | both | McNemar p |", "|---|---|---|---|---|---|---|"]

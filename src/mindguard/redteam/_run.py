@@ -18,6 +18,7 @@ so nothing is lost and nothing is recorded twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,9 +33,11 @@ from typing import Any
 from ..errors import DataError, MindGuardError, require
 from ..guards import BaseGuard, load_guard
 from ..llm import ChatClient
+from ..llm.openai_compat import LLMServerError
 from ..synth._agents import Agent
+from ..synth.llm import CLINICIAN_PROMPT, ConversationFailed, TokenMeter
 from ._attacker import LLMAttacker, ScriptedAttacker
-from ._clinician import CLINICIAN_SYSTEM_PROMPT, LLMClinician, ScriptedClinician
+from ._clinician import LLMClinician, ScriptedClinician
 from ._judge import Judge, LLMJudge, RuleJudge
 from ._loop import NO_GUARD, run_guarded_conversation
 from ._policy import InterventionPolicy
@@ -77,7 +80,7 @@ class RedTeamSettings:
     strategies: tuple[str, ...] = STRATEGIES
     judge_samples: int = 3
     harm_rate: float = 0.2
-    clinician_system_prompt: str = CLINICIAN_SYSTEM_PROMPT
+    clinician_system_prompt: str = CLINICIAN_PROMPT
 
     def __post_init__(self) -> None:
         if self.attacker.model == RULE or self.clinician.model == RULE:
@@ -137,6 +140,18 @@ class AppendLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # lock first, then read: a second run on the same directory cannot slip in between
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - not POSIX
+            pass
+        except OSError as exc:
+            os.close(self._fd)
+            raise MindGuardError(f"another run is writing to {path}; wait for it or choose another --out") from exc
         self.repaired = self._repair()
         self.records: dict[tuple[str, str], dict[str, Any]] = {}
         self.duplicates = 0
@@ -157,7 +172,7 @@ class AppendLog:
                     self.records[key] = rec
 
     def _repair(self) -> bool:
-        if not self.path.exists() or self.path.stat().st_size == 0:
+        if self.path.stat().st_size == 0:
             return False
         with self.path.open("rb+") as fh:
             fh.seek(-1, os.SEEK_END)
@@ -172,14 +187,16 @@ class AppendLog:
         return key in self.records
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+        """Write one whole line and fsync it before the record counts as done."""
+        view = memoryview((json.dumps(record, ensure_ascii=False) + "\n").encode())
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
             self.records[(str(record["config"]), str(record["conversation_id"]))] = record
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def _check_manifest(out: Path, settings: Mapping[str, Any], identities: Mapping[str, Mapping[str, Any]]) -> None:
@@ -243,6 +260,10 @@ class RedTeamRun:
     `configs` are guard specs (`keyword`, `encoder:operating_point=tpr90`, …) with None for the
     unguarded baseline; `guards` may pass already-built guards by spec (tests, the server).
     `clients` may inject `ChatClient`s by role name ("attacker", "clinician", "judge").
+    A conversation whose LLM calls fail (an empty answer twice, a server error that retries did not
+    cure) is skipped and left for the next run; `max_consecutive_failures` in a row stop the run,
+    and errors every request would hit (unreachable server, rejected key, unknown model) stop it
+    at once.
     """
 
     out: Path
@@ -253,6 +274,7 @@ class RedTeamRun:
     progress: bool = True
     guards: Mapping[str, BaseGuard] = field(default_factory=dict)
     clients: Mapping[str, ChatClient] = field(default_factory=dict)
+    max_consecutive_failures: int = 5
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
 
     def __post_init__(self) -> None:
@@ -273,18 +295,18 @@ class RedTeamRun:
             return self.clients[role]
         return self._http.get(spec, max_concurrency=max(2, self.workers))
 
-    def _attacker(self, plan: AttackPlan) -> Agent:
+    def _attacker(self, plan: AttackPlan, meter: TokenMeter) -> Agent:
         s = self.settings.attacker
         if s.model == SCRIPTED:
             return ScriptedAttacker(plan)
-        return LLMAttacker(self._client("attacker", s), plan, temperature=s.temperature)
+        return LLMAttacker(self._client("attacker", s), plan, temperature=s.temperature, meter=meter)
 
-    def _clinician(self) -> Agent:
+    def _clinician(self, meter: TokenMeter) -> Agent:
         s = self.settings.clinician
         if s.model == SCRIPTED:
             return ScriptedClinician(harm_rate=self.settings.harm_rate)
         return LLMClinician(self._client("clinician", s), self.settings.clinician_system_prompt,
-                            temperature=s.temperature, intervention_role=self.settings.policy.role)
+                            temperature=s.temperature, intervention_role=self.settings.policy.role, meter=meter)
 
     def _judge(self) -> Judge:
         s = self.settings.judge
@@ -306,40 +328,75 @@ class RedTeamRun:
         plans = plan_attacks(self.n, self.settings.seed, self.settings.strategies, self.settings.max_turns)
         guards = {config_name(c): self._load_guard(c) for c in self.configs}
         identities = {config_name(c): guard_identity(c, guards[config_name(c)]) for c in self.configs}
-        settings = self.settings.to_dict()
-        _check_manifest(self.out, settings, identities)
-        transcripts = AppendLog(self.out / "transcripts.jsonl")
-        judgements = AppendLog(self.out / "judgements.jsonl")
-        if transcripts.repaired or judgements.repaired:
-            self.log("redteam: dropped a torn last line left by an interrupted run")
-        judge = self._judge()
-        locks = {name: threading.Lock() for name in guards}
-        todo = [(name, plan) for name in guards for plan in plans
-                if (name, plan.id) not in transcripts or (name, plan.id) not in judgements]
-        done_before = len(guards) * len(plans) - len(todo)
-        if done_before:
-            self.log(f"redteam: resuming {self.out}: {done_before} of {len(guards) * len(plans)} conversations already done")
+        with contextlib.ExitStack() as stack:
+            stack.callback(self._http.close)
+            transcripts = AppendLog(self.out / "transcripts.jsonl")  # locks the directory for this run
+            stack.callback(transcripts.close)
+            judgements = AppendLog(self.out / "judgements.jsonl")
+            stack.callback(judgements.close)
+            _check_manifest(self.out, self.settings.to_dict(), identities)
+            if transcripts.repaired or judgements.repaired:
+                self.log("redteam: dropped a torn last line left by an interrupted run")
+            judge = self._judge()
+            locks = {name: threading.Lock() for name in guards}
+            todo = [(name, plan) for name in guards for plan in plans
+                    if (name, plan.id) not in transcripts or (name, plan.id) not in judgements]
+            total = len(guards) * len(plans)
+            if total - len(todo):
+                self.log(f"redteam: resuming {self.out}: {total - len(todo)} of {total} conversations already done")
 
-        def one(name: str, plan: AttackPlan) -> None:
-            key = (name, plan.id)
-            if key not in transcripts:
-                record = run_guarded_conversation(plan, self._attacker(plan), self._clinician(), guards[name],
-                                                  self.settings.policy if guards[name] is not None else None,
-                                                  config=name, guard_lock=locks[name])
-                transcripts.append(record)
-            record = transcripts.records[key]
-            if key not in judgements:
-                verdict = judge.judge(record)
-                judgements.append({"config": name, "conversation_id": plan.id, "judge": judge.name,
-                                   "judge_samples": self.settings.effective_judge_samples, **verdict.to_dict()})
+            def one(name: str, plan: AttackPlan) -> None:
+                key = (name, plan.id)
+                if key not in transcripts:
+                    meter = TokenMeter()
+                    record = run_guarded_conversation(plan, self._attacker(plan, meter), self._clinician(meter),
+                                                      guards[name], self.settings.policy if guards[name] is not None else None,
+                                                      config=name, guard_lock=locks[name])
+                    record["tokens"] = _tokens(meter)
+                    transcripts.append(record)
+                if key not in judgements:
+                    meter = TokenMeter()
+                    verdict = judge.judge(transcripts.records[key], meter)
+                    judgements.append({"config": name, "conversation_id": plan.id, "judge": judge.name,
+                                       "judge_samples": self.settings.effective_judge_samples, "tokens": _tokens(meter),
+                                       **verdict.to_dict()})
 
+            failures = self._execute(todo, one)
+            report = self.write_report(plans, transcripts, judgements)
+        if failures:
+            self.log(f"redteam: {len(failures)} conversation(s) failed and are left out of the report; "
+                     f"rerun the same command to retry them (first: {failures[0]})")
+        report["failed_this_run"] = failures
+        return report
+
+    def _attempt(self, one: Callable[[str, AttackPlan], None], name: str, plan: AttackPlan) -> str | None:
+        """Run one conversation; a failure of that conversation alone comes back as a message
+        (the run goes on, a rerun retries it), errors every request would hit propagate."""
         try:
-            self._execute(todo, one)
-        finally:
-            self._http.close()
-        return self.write_report(plans, transcripts, judgements)
+            one(name, plan)
+        except ConversationFailed as exc:
+            return f"{name}/{plan.id}: {exc}"
+        except LLMServerError as exc:
+            if exc.fatal:
+                raise
+            return f"{name}/{plan.id}: {exc}"
+        return None
 
-    def _execute(self, todo: Sequence[tuple[str, AttackPlan]], one: Callable[[str, AttackPlan], None]) -> None:
+    def _execute(self, todo: Sequence[tuple[str, AttackPlan]], one: Callable[[str, AttackPlan], None]) -> list[str]:
+        failures: list[str] = []
+        streak = 0
+
+        def account(msg: str | None) -> None:
+            nonlocal streak
+            if msg is None:
+                streak = 0
+                return
+            failures.append(msg)
+            streak += 1
+            self.log(f"redteam: conversation failed: {msg}")
+            if streak >= self.max_consecutive_failures:
+                raise MindGuardError(f"{streak} conversations failed in a row; last: {msg}")
+
         bar = None
         if self.progress and todo:
             from tqdm import tqdm
@@ -348,40 +405,48 @@ class RedTeamRun:
         try:
             if self.workers == 1:
                 for name, plan in todo:
-                    one(name, plan)
+                    account(self._attempt(one, name, plan))
                     if bar is not None:
                         bar.update(1)
-                return
+                return failures
             pool = ThreadPoolExecutor(max_workers=self.workers)
             try:
-                pending = {pool.submit(one, name, plan) for name, plan in todo}
+                pending = {pool.submit(self._attempt, one, name, plan) for name, plan in todo}
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
                     if bar is not None:
                         bar.update(len(finished))
                     for f in finished:
-                        exc = f.exception()
-                        if exc is not None:
-                            raise exc
+                        account(f.result())  # re-raises what the conversation raised
             except BaseException:
                 # stop at once (Ctrl-C, a server that went away): conversations in flight finish
                 # and are recorded, queued ones are dropped and played by the next run
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
             pool.shutdown()
+            return failures
         finally:
             if bar is not None:
                 bar.close()
 
     def write_report(self, plans: Sequence[AttackPlan], transcripts: AppendLog, judgements: AppendLog) -> dict[str, Any]:
+        """Build report.json / report.md from the records of the planned conversations (those
+        that failed this time are counted as missing)."""
         names = [config_name(c) for c in self.configs]
-        records = {n: [transcripts.records[(n, p.id)] for p in plans] for n in names}
-        verdicts = {n: {p.id: judgements.records[(n, p.id)] for p in plans} for n in names}
+        done = {n: [p.id for p in plans if (n, p.id) in transcripts and (n, p.id) in judgements] for n in names}
+        records = {n: [transcripts.records[(n, i)] for i in done[n]] for n in names}
+        verdicts = {n: {i: judgements.records[(n, i)] for i in done[n]} for n in names}
         report = build_report(names, records, verdicts, self.settings.to_dict(), self.settings.simulated_roles)
         report["n_planned"] = len(plans)
+        report["missing"] = {n: len(plans) - len(done[n]) for n in names}
         (self.out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (self.out / "report.md").write_text(render_markdown(report), encoding="utf-8")
         return report
+
+
+def _tokens(meter: TokenMeter) -> dict[str, Any]:
+    """Token usage per role of one conversation or judgement (empty offline)."""
+    return {k: v for k, v in meter.totals().items() if isinstance(v, dict)}
 
 
 def run_redteam(out: str | Path, configs: Sequence[str | None], n: int, settings: RedTeamSettings | None = None,
