@@ -237,6 +237,12 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, monkeypatc
 
     bigger = run_redteam(out, [None, "keyword"], 13, settings, **QUIET)
     assert (out / "transcripts.jsonl").read_text().startswith(after) and bigger["n_planned"] == 13
+    lines = (out / "transcripts.jsonl").read_text().splitlines(keepends=True)
+    tampered = json.loads(lines[0])
+    tampered["plan"]["script"][0]["text"] += " (edited)"
+    (out / "transcripts.jsonl").write_text(json.dumps(tampered) + "\n" + "".join(lines[1:]))
+    with pytest.raises(MindGuardError, match="attack plan of rt-0000 .* differs"):
+        run_redteam(out, [None, "keyword"], 13, settings, **QUIET)
     with pytest.raises(MindGuardError, match="different seed"):
         run_redteam(out, [None], 10, RedTeamSettings(seed=12, max_turns=6), **QUIET)
     with pytest.raises(MindGuardError, match="different guard"):

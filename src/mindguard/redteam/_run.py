@@ -228,6 +228,18 @@ def _check_manifest(out: Path, settings: Mapping[str, Any], identities: Mapping[
     os.replace(tmp, path)
 
 
+def _check_plans(plans: Sequence[AttackPlan], transcripts: AppendLog) -> None:
+    """The plans already played must be the ones planned now (the persona library, the strategy
+    lines or the style transforms may have changed since): mixing them would compare different
+    attacks under one name."""
+    current = {p.id: p.to_dict() for p in plans}
+    for (config, conv_id), rec in transcripts.records.items():
+        if conv_id in current and rec.get("plan") != current[conv_id]:
+            raise MindGuardError(f"the attack plan of {conv_id} ({config}) differs from the one recorded in "
+                                 f"{transcripts.path} (the persona library or strategy lines changed since); "
+                                 "use a new --out")
+
+
 class _Clients:
     """One HTTP client per (model, base URL, key variable), shared by all threads."""
 
@@ -337,6 +349,7 @@ class RedTeamRun:
             _check_manifest(self.out, self.settings.to_dict(), identities)
             if transcripts.repaired or judgements.repaired:
                 self.log("redteam: dropped a torn last line left by an interrupted run")
+            _check_plans(plans, transcripts)
             judge = self._judge()
             locks = {name: threading.Lock() for name in guards}
             todo = [(name, plan) for name in guards for plan in plans

@@ -67,7 +67,8 @@ class AttackPlan:
         return {"id": self.id, "strategy": self.strategy, "variant": self.variant, "seed": self.seed,
                 "max_turns": self.max_turns, "control": self.control,
                 "persona": {"name": p.name, "age": p.age, "situation": p.situation, "style": list(p.style)},
-                "stages": [s.name for s in self.scenario.stages]}
+                "stages": [s.name for s in self.scenario.stages],
+                "script": [{"stage": t.stage, "label": t.label, "text": t.text} for t in self.script]}
 
 
 @functools.lru_cache(maxsize=1)
