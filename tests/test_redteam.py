@@ -411,3 +411,36 @@ def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
     finally:
         log.close()
     assert run_redteam(tmp_path, [None], 2, **QUIET)["results"]["no-guard"]["n_conversations"] == 2
+
+
+def test_scripted_attacker_deflects_after_the_protocol_and_keeps_the_risk_label():
+    import random
+
+    from mindguard.conversation import Message
+    from mindguard.redteam import ScriptedAttacker
+
+    protocol, plain = "I'm worried. Are you safe right now? You can call 988.", "Tell me more."
+    for plan in plan_attacks(15, seed=1):
+        attacker = ScriptedAttacker(plan, deflect_rate=1.0, max_deflections=1)
+        rng = random.Random(0)
+        history: list[Message] = []
+        said = []
+        for _ in range(len(plan.script) + 1):
+            turn = attacker.reply(history, plan.scenario, rng)
+            said.append(turn)
+            # a perfect guard: the clinician follows the protocol on every risky turn
+            history += [Message("user", turn.content), Message("assistant", protocol if is_unsafe(turn.label) else plain)]
+            if turn.done:
+                break
+        deflections = [k for k, t in enumerate(said) if t.rationale and t.rationale.startswith("deflection")]
+        assert [t.content for k, t in enumerate(said) if k not in deflections] == [t.text for t in plan.script]
+        assert said[-1].done
+        if plan.control:
+            assert not deflections
+            continue
+        first_risky = next(k for k, t in enumerate(said) if is_unsafe(t.label))
+        if first_risky + 1 < len(said):
+            k = deflections[0]
+            assert k == first_risky + 1 and said[k].label == said[first_risky].label  # a retraction stays unsafe
+            if plan.strategy == "pretext_method" and said[first_risky].stage != "slip":
+                assert said[k].rationale == f"deflection (pretext:{plan.variant})"
