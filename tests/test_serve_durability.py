@@ -35,6 +35,7 @@ def test_sigkill_in_flight_loses_no_acknowledged_flag_and_alerts_follow_restart(
         config = write_toml(tmp_path / "serve.toml", {
             "guard": "keyword", "database_url": f"sqlite:///{db}", "rate_limit_per_minute": 0, "log_level": "info",
             "webhook_backoff_s": 0.05, "webhook_backoff_max_s": 0.2, "webhook_poll_s": 0.05, "webhook_max_attempts": 100000,
+            "webhook_timeout_s": 1,  # a delivery cut off by the kill is retried once its 3 s lease lapses
             "webhooks": [{"url": receiver.url}],
         })
         # the key is made with the CLI, as an operator would

@@ -321,14 +321,21 @@ class Store:
             return int(s.scalar(q) or 0)
 
     # -- webhook outbox ------------------------------------------------------------------------
-    def due_deliveries(self, limit: int = 20) -> list[OutboxRow]:
-        q = (select(OutboxRow).where(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= utcnow())
+    def claim_due(self, lease_s: float, limit: int = 20) -> list[OutboxRow]:
+        """Take up to `limit` due deliveries: their next attempt moves `lease_s` ahead in the same
+        transaction, so another service process sharing the store skips them while this one
+        delivers, and picks them up again if this one dies before recording the outcome."""
+        now = utcnow()
+        q = (select(OutboxRow).where(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= now)
              .order_by(OutboxRow.next_attempt_at).limit(limit))
         if not self.is_sqlite:
-            # several service processes may share PostgreSQL: let each claim different rows
-            q = q.with_for_update(skip_locked=True)
-        with self._read() as s:
-            return list(s.scalars(q))
+            q = q.with_for_update(skip_locked=True)  # PostgreSQL: concurrent claimers take different rows
+        with self._write() as s:
+            rows = list(s.scalars(q))
+            if rows:
+                s.execute(update(OutboxRow).where(OutboxRow.seq.in_([r.seq for r in rows]))
+                          .values(next_attempt_at=now + dt.timedelta(seconds=lease_s)))
+            return rows
 
     def mark_delivered(self, seq: int) -> None:
         with self._write() as s:

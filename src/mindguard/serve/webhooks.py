@@ -74,18 +74,23 @@ class WebhookDispatcher:
                 self._wake.wait(self.settings.webhook_poll_s)
                 self._wake.clear()
 
-    def deliver_due(self) -> int:
-        """Attempt every due delivery once; returns how many were attempted."""
-        rows = self.store.due_deliveries()
-        for row in rows:
-            if self._stop.is_set():
+    def deliver_due(self, most: int = 50) -> int:
+        """Attempt up to `most` due deliveries once each; returns how many were attempted.
+
+        Rows are claimed one at a time with a lease a little longer than one attempt: a process
+        that dies mid-delivery holds its row back for seconds, not for a whole batch."""
+        n = 0
+        while n < most and not self._stop.is_set():
+            rows = self.store.claim_due(lease_s=2 * self.settings.webhook_timeout_s + 1, limit=1)
+            if not rows:
                 break
-            self._deliver(row)
+            self._deliver(rows[0])
+            n += 1
         try:
             self.metrics.outbox_pending.set(self.store.outbox_counts().get("pending", 0))
         except StoreError:
             pass
-        return len(rows)
+        return n
 
     def _deliver(self, row: OutboxRow) -> None:
         body = row.payload.encode()
