@@ -85,44 +85,79 @@ class TurnEncoder(nn.Module):
         for name, p in self.named_parameters():
             p.requires_grad = name.startswith(self.trainable_prefixes)
 
+        self.n_frozen = n_layers - min(finetune_layers, n_layers)
+
     @property
     def out_size(self) -> int:
         return 2 * self.hidden
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        h = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+    @staticmethod
+    def _additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+    def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings and the frozen layers: deterministic, so training computes them once per pair."""
+        with torch.no_grad():
+            h = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+            ext = self._additive_mask(attention_mask, h.dtype)
+            for layer in self.bert.encoder.layer[: self.n_frozen]:
+                out = layer(h, attention_mask=ext)
+                h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    def upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        """The fine-tuned layers and pooling (mean of all tokens ++ mean of the user-turn tokens)."""
+        h = hidden
+        ext = self._additive_mask(attention_mask, h.dtype)
+        for layer in self.bert.encoder.layer[self.n_frozen:]:
+            out = layer(h, attention_mask=ext)
+            h = out[0] if isinstance(out, tuple) else out
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         u = (attention_mask * (token_type_ids == 0)).unsqueeze(-1).to(h.dtype)
         mean_all = (h * m).sum(1) / m.sum(1).clamp(min=1)
         mean_user = (h * u).sum(1) / u.sum(1).clamp(min=1)
         return torch.cat([mean_all, mean_user], dim=-1)
 
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.upper(self.lower(input_ids, attention_mask, token_type_ids), attention_mask, token_type_ids)
+
 
 class ConversationHead(nn.Module):
-    """Turn vectors -> (local logits, GRU state update, label logits)."""
+    """Turn vectors -> (label logits, local logits, new state).
+
+    The state is the GRU's hidden vector plus one explicit number: the highest local p(unsafe) seen
+    so far in the conversation, a direct memory of the strongest disclosure that the GRU can weigh
+    against later signs of resolution."""
 
     def __init__(self, in_size: int, state_size: int, dropout: float) -> None:
         super().__init__()
-        self.local = nn.Linear(in_size, len(LABELS))
+        n = len(LABELS)
+        self.local = nn.Linear(in_size, n)
         self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_size, state_size), nn.GELU())
-        self.gru = nn.GRUCell(state_size + len(LABELS), state_size)
-        self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * state_size + len(LABELS), len(LABELS)))
+        self.gru = nn.GRUCell(state_size + n + 1, state_size)
+        self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * state_size + n + 1, n))
         self.state_size = state_size
+
+    @property
+    def state_dim(self) -> int:
+        return self.state_size + 1
 
     def step(self, turn_vec: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One user turn for a batch of conversations: returns (logits, local logits, new state)."""
+        h, peak = state[:, : self.state_size], state[:, self.state_size:]
         local = self.local(turn_vec)
         z = self.proj(turn_vec)
-        new_state = self.gru(torch.cat([z, local], dim=-1), state)
-        logits = self.out(torch.cat([z, new_state, local], dim=-1))
-        return logits, local, new_state
+        new_h = self.gru(torch.cat([z, local, peak], dim=-1), h)
+        logits = self.out(torch.cat([z, new_h, local, peak], dim=-1))
+        local_risk = 1.0 - torch.softmax(local, dim=-1)[:, :1]
+        return logits, local, torch.cat([new_h, torch.maximum(peak, local_risk)], dim=-1)
 
     def run(self, turn_vecs: torch.Tensor, lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Turn vectors of several conversations laid end to end (lengths says how many each) ->
         (logits, local logits) for every turn, in the same order."""
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
         n_conv, longest = len(lengths), max(lengths)
-        state = turn_vecs.new_zeros(n_conv, self.state_size)
+        state = turn_vecs.new_zeros(n_conv, self.state_dim)
         logits = [torch.empty(0)] * len(turn_vecs)
         locals_ = [torch.empty(0)] * len(turn_vecs)
         for t in range(longest):
@@ -417,7 +452,7 @@ class EncoderGuard(BaseGuard):
             variants.append((Evidence(j, conv.messages[j].role, prev, 0.0), (user, None)))
         with torch.inference_mode():
             head = self.model.head
-            state = torch.zeros(1, head.state_size)
+            state = torch.zeros(1, head.state_dim)
             if len(inp) > 1:
                 for v in self._turn_vectors([(u, p) for _, u, p in inp[:-1]]):
                     _, _, state = head.step(v.unsqueeze(0), state)
@@ -438,7 +473,7 @@ class EncoderSession(GuardSession):
     def __init__(self, guard: EncoderGuard) -> None:
         super().__init__(guard)
         self.enc_guard = guard
-        self.state = torch.zeros(1, guard.model.config.state_size)
+        self.state = torch.zeros(1, guard.model.head.state_dim)
         self.prev: str | None = None
         self.peak: tuple[float, int, str] | None = None  # highest local risk so far (evidence)
         self.n_messages = 0

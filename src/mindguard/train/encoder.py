@@ -56,6 +56,7 @@ class _Example:
     pairs: list[tuple[list[int], list[int]]]
     labels: list[int]  # -1 = unlabelled turn (kept as context, no loss)
     weight: float
+    hidden: list[torch.Tensor] | None = None  # cached output of the frozen layers, one per pair
 
 
 def _examples(model: EncoderModel, convs: Sequence[Conversation], synthetic_weight: float) -> list[_Example]:
@@ -68,6 +69,32 @@ def _examples(model: EncoderModel, convs: Sequence[Conversation], synthetic_weig
         w = synthetic_weight if c.meta.get("source") == "synthetic" else 1.0
         out.append(_Example([model.tokenizer.pair(u, p) for _, u, p in inp], labels, w))
     return out
+
+
+def _cache_frozen_layers(model: EncoderModel, examples: Sequence[_Example], progress: bool, batch: int = 64) -> None:
+    """Run the embeddings and frozen layers once per pair (they never change during training) and
+    keep their output in fp16, so each step only runs the fine-tuned layers."""
+    refs = [(e, k) for e in examples for k in range(len(e.pairs))]
+    order = sorted(range(len(refs)), key=lambda i: len(refs[i][0].pairs[refs[i][1]][0]))
+    for e in examples:
+        e.hidden = [torch.empty(0)] * len(e.pairs)
+    was_training = model.training
+    model.eval()
+    chunks = [order[s: s + batch] for s in range(0, len(order), batch)]
+    if progress:
+        from tqdm import tqdm
+
+        chunks = tqdm(chunks, desc="caching frozen layers", unit="batch")
+    with torch.inference_mode():
+        for idx in chunks:
+            pairs = [refs[i][0].pairs[refs[i][1]] for i in idx]
+            enc = model.tokenizer.batch(pairs)
+            h = model.encoder.lower(**enc)
+            for j, i in enumerate(idx):
+                e, k = refs[i]
+                assert e.hidden is not None
+                e.hidden[k] = h[j, : len(e.pairs[k][0])].to(torch.float16).clone()
+    model.train(was_training)
 
 
 def _batches(examples: list[_Example], batch_turns: int, rng: random.Random) -> list[list[_Example]]:
@@ -85,9 +112,23 @@ def _batches(examples: list[_Example], batch_turns: int, rng: random.Random) -> 
     return batches
 
 
+def _turn_vectors(model: EncoderModel, pairs: Sequence[tuple[list[int], list[int]]], hidden: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Fine-tuned layers + pooling over cached frozen-layer outputs."""
+    n = max(len(p[0]) for p in pairs)
+    h = torch.zeros(len(pairs), n, model.encoder.hidden)
+    mask = torch.zeros(len(pairs), n, dtype=torch.long)
+    types = torch.zeros(len(pairs), n, dtype=torch.long)
+    for i, ((ids, tt), hid) in enumerate(zip(pairs, hidden)):
+        h[i, : len(ids)] = hid.float()
+        mask[i, : len(ids)] = 1
+        types[i, : len(ids)] = torch.tensor(tt)
+    return model.encoder.upper(h, mask, types)
+
+
 def _forward(model: EncoderModel, batch: Sequence[_Example]) -> tuple[torch.Tensor, torch.Tensor]:
     pairs = [p for ex in batch for p in ex.pairs]
-    vecs = model.encoder(**model.tokenizer.batch(pairs))
+    hidden = [h for ex in batch for h in (ex.hidden or [])]
+    vecs = _turn_vectors(model, pairs, hidden)
     return model.head.run(vecs, [len(ex.pairs) for ex in batch])
 
 
@@ -98,23 +139,23 @@ def predict_logits(model: EncoderModel, examples: Sequence[_Example], chunk: int
     with torch.inference_mode():
         for s in range(0, len(examples), chunk):
             part = examples[s: s + chunk]
-            lg = _encode_eval(model, part)
+            lg, _ = _forward(model, part)
             y = np.array([y for ex in part for y in ex.labels])
             keep = y >= 0
-            logits.append(lg[keep])
+            logits.append(lg.numpy()[keep])
             gold.append(y[keep])
     return np.concatenate(logits), np.concatenate(gold)
 
 
-def _encode_eval(model: EncoderModel, part: Sequence[_Example]) -> np.ndarray:
-    pairs = [p for ex in part for p in ex.pairs]
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
-    vecs = torch.empty(len(pairs), model.encoder.out_size)
-    for s in range(0, len(order), 64):
-        idx = order[s: s + 64]
-        vecs[idx] = model.encoder(**model.tokenizer.batch([pairs[i] for i in idx]))
-    lg, _ = model.head.run(vecs, [len(ex.pairs) for ex in part])
-    return lg.numpy()
+def _deployment_logits(model: EncoderModel, convs: Sequence[Conversation]) -> tuple[np.ndarray, np.ndarray]:
+    """Uncalibrated logits of every labelled user turn through the inference path."""
+    inputs = [turn_inputs(c.messages) for c in convs]
+    with torch.inference_mode():
+        vecs = model.encode_pairs([(u, p) for inp in inputs for _, u, p in inp])
+        logits, _ = model.head.run(vecs, [len(inp) for inp in inputs])
+    gold = np.array([LABELS.index(c.messages[i].label) if c.messages[i].label else -1 for c, inp in zip(convs, inputs) for i, _, _ in inp])
+    keep = gold >= 0
+    return logits.numpy()[keep], gold[keep]
 
 
 def fit_temperature(logits: np.ndarray, gold: np.ndarray) -> float:
@@ -178,6 +219,7 @@ def train_encoder(
     if len(set((val_gold > 0).tolist())) < 2:
         raise DataError("the validation data needs both safe and unsafe turns to calibrate thresholds")
 
+    _cache_frozen_layers(model, train_ex + val_ex, progress)
     counts = Counter(y for ex in train_ex for y in ex.labels if y >= 0)
     total = sum(counts.values())
     # inverse square-root frequency: lifts the rare unsafe labels without drowning precision
@@ -244,10 +286,18 @@ def train_encoder(
 
     assert best is not None
     model.load_state_dict(best[1])
-    lg, gold = predict_logits(model, val_ex)
+    model.eval()
+    with torch.no_grad():  # the saved fine-tuned layers are fp16: calibrate the weights as shipped
+        for name, p in model.encoder.named_parameters():
+            if name.startswith(model.encoder.trainable_prefixes):
+                p.copy_(p.half().float())
+    # calibrate on the deployment path (full encoder, no cached fp16 layers) so that the stored
+    # thresholds reproduce exactly at inference; a hair of slack keeps boundary turns flagged
+    lg, gold = _deployment_logits(model, val)
     temperature = fit_temperature(lg, gold)
     final = _val_figures(lg, gold, temperature)
-    ops = {"tpr90": float(final["threshold_at_tpr_90"]), "tpr95": float(final["threshold_at_tpr_95"]), "default": 0.5}
+    eps = 1e-6
+    ops = {"tpr90": float(final["threshold_at_tpr_90"]) - eps, "tpr95": float(final["threshold_at_tpr_95"]) - eps, "default": 0.5}
     model.calibration = Calibration(temperature, ops, cfg.default_operating_point)
     model.meta = {
         "train": asdict(cfg), "trained_seconds": round(time.perf_counter() - t_start, 1),
