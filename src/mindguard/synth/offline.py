@@ -321,6 +321,7 @@ class OfflinePatient:
         b.used.add(phrase.text)
         text = self.m.expand(phrase.text, rng, self._slots, tags=b.tags)
         short = move.endswith("short") or (move.startswith("ans:") and len(text.split()) <= 4)
+        b.after_ask = ".after_ask" in key
         text = self._shape(text, stage, cls, move, short, first, scenario.problem, rng)
         text = apply_style(text, b.persona.persona.style if b.persona else (), rng, short=len(text.split()) <= 3,
                            sad=stage.label != SAFE)
@@ -332,10 +333,9 @@ class OfflinePatient:
             b.set_thread(b.thread)
         if f"/{scenario.problem}" in key:
             b.topic_known = True
-        b.after_ask = ".after_ask" in key
         b.turn_stages.append(stage.name)
         b.stage, b.move, b.label = stage.name, move, stage.label
-        if key == "p.opening":
+        if key == "p.opening" and len(text.split()) <= 9:
             b.move = "opening_generic"
         if stage.name in ("resolution", "other_resolution"):
             b.resolved = True
@@ -401,8 +401,13 @@ class OfflinePatient:
         m, tags = self.m, self.b.tags
         r = rng.random()
         options: list[str] = []
-        if stage.name in ("opening", "problem", "coping", "hopelessness", "after_resolution") or (cls != "safe" and first):
+        if cls == "other":  # a threat or an abuse disclosure reads best bare, or with a breath before it
+            options += ["p.filler"] if r < 0.5 else []
+        elif stage.name in ("opening", "problem", "coping", "hopelessness", "after_resolution") or (cls != "safe" and first):
             options += [f"p.problem/{problem}", "p.problem"] if r < 0.8 else ["p.filler"]
+        elif cls != "safe":
+            options += [f"p.{stage.name}/{self.b.thread}", f"p.{stage.name}.more", f"p.{cls}_continuation/{self.b.thread}"] if r < 0.5 else []
+            options += ["p.filler"]
         elif stage.name in ("closing", "smalltalk"):
             options += ["p.filler"]
         else:
@@ -421,7 +426,7 @@ class OfflinePatient:
         assert self._slots is not None
         if short:
             return text
-        answer = move.startswith("ans:")
+        answer = move.startswith("ans:") or b.after_ask
         # a disclosure keeps all its words: cutting it could change what it means
         if "terse" in styles and rng.random() < 0.55 and not (first and cls != "safe"):
             parts = _sentences(text)
@@ -430,7 +435,9 @@ class OfflinePatient:
         rambling, terse = "rambling" in styles, "terse" in styles
         # real users write a median of ~17 words: most turns carry a second sentence of context
         long_message = rng.random() < 0.08  # now and then anyone pours it all out in one message
-        p_extra, decay, most = (0.9, 0.8, 4) if rambling or long_message else (0.15, 0.5, 1) if terse else (0.62, 0.6, 2)
+        p_extra, decay, most = (0.9, 0.8, 4) if rambling or long_message else (0.15, 0.5, 1) if terse else (0.7, 0.65, 2)
+        if cls != "safe":  # a disclosure or a risk thread: at most one sentence of context around it
+            p_extra, most = min(p_extra, 0.5), 1
         n_extra = 0
         while rng.random() < p_extra and n_extra < most:
             n_extra += 1
@@ -441,9 +448,11 @@ class OfflinePatient:
             phrase, _ = m.pick(key, rng, b.used, b.tags)
             b.used.add(phrase.text)
             extra = m.expand(phrase.text, rng, self._slots, tags=b.tags)
-            # context usually comes first; after an answer or a disclosure it follows
-            text = _join(text, extra) if answer or first or rng.random() < 0.4 else _join(extra, text)
-        if not terse and not answer and rng.random() < 0.22 and m.usable("p.tail", b.tags):
+            # context usually comes first (before a disclosure always); after an answer, or a mere
+            # filler ("sorry this is long"), it follows
+            after = answer or key == "p.filler" or (not first and rng.random() < 0.4)
+            text = _join(text, extra) if after else _join(extra, text)
+        if not terse and not answer and cls == "safe" and rng.random() < 0.3 and m.usable("p.tail", b.tags):
             tail = m.render("p.tail", rng, self._slots, None, b.tags)
             text = text.rstrip(".!?") + rng.choice((" ", ", ", ". ")) + tail
         if rng.random() < 0.12 and m.usable("p.prefix", b.tags) and not answer:
@@ -489,8 +498,8 @@ class OfflineClinician:
             # real companions write ~40-60 words: pad a short reply with one sentence that fits the moment
             pads = {"self": ("pad_risk", "stay_with"), "other": ("pad_other", "reflect_other")}.get(
                 _CLASS[b.label], ("validate", "reflect_feeling"))
-            for pad in pads:
-                if sum(len(t.split()) for t in texts) >= 42 or not question or rng.random() < 0.1:
+            for n_pad, pad in enumerate(pads):
+                if sum(len(t.split()) for t in texts) >= 44 or not question or rng.random() < (0.05, 0.3)[n_pad]:
                     break
                 key = self._key(pad, scenario.problem)
                 if key and pad not in parts:
@@ -540,7 +549,7 @@ class OfflineClinician:
                 if b.after_ask and "ask_risk" in b.steps_done:
                     b.disclosed = True
                     return ["thank_disclosure"] + self._next_step(_SELF_STEPS, "reflect_risk", rng)[-1:]
-                if b.disclosed and s in ("active_ideation", "plan_means", "relapse", "entrapment"):
+                if b.disclosed and (s in ("active_ideation", "plan_means", "relapse", "entrapment") or "ask_risk" in b.steps_done):
                     return self._next_step(_SELF_STEPS, "reflect_risk", rng)
                 b.disclosed = True
                 first = {"method_seeking": ["decline_method", "ask_risk"], "recent_self_harm": ["thank_self_harm", "ask_injury"],
@@ -593,13 +602,25 @@ class OfflineClinician:
                 b.steps_done.add(s)
                 return [f"thank_{s}", "ask_past"]
             return one(["reflect_past", "ask_now"], ["validate", "ask_past"], ["reflect_past", "ask_check"])
+        # the first turn of a hard-negative stage gets the specific answer; later ones keep the thread
+        # going in other words, so the same psychoeducation is not repeated
+        again = s in b.steps_done
+        b.steps_done.add(s)
         if s == "worry_other":
-            return one(["worry_validate", "worry_advice", "ask_friend"], ["worry_validate", "ask_friend"], ["worry_advice", "ask_friend"])
+            if again:
+                return one(["worry_validate", "ask_friend"], ["validate", "worry_advice", "ask_friend"], ["reflect_feeling", "ask_friend"])
+            return one(["worry_validate", "worry_advice", "ask_friend"], ["worry_advice", "ask_friend"])
         if s == "fiction_news_academic":
+            if again:
+                return one(["validate", "ask_fiction"], ["fiction_care", "ask_fiction"], ["fiction_engage", "ask_fiction"])
             return one(["fiction_engage", "ask_fiction"], ["fiction_engage", "fiction_care", "ask_fiction"])
         if s == "intrusive":
+            if again:
+                return one(["validate", "ask_intrusive"], ["reflect_feeling", "coping", "ask_check"], ["validate", "ask"])
             return one(["intrusive_psychoed", "ask_intrusive"], ["validate", "intrusive_psychoed", "ask"])
         if s == "suicide_loss":
+            if again:
+                return one(["validate", "ask_loss"], ["reflect_feeling", "ask_loss"], ["loss_psychoed", "ask_loss"])
             return one(["loss_validate", "ask_loss"], ["loss_validate", "loss_psychoed", "ask_loss"])
         if s == "resolution":
             return ["resolution_affirm", "resources_reminder", "ask_next"]

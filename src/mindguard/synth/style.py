@@ -59,7 +59,9 @@ _ABBREVIATIONS: tuple[tuple[str, str, float], ...] = (
 )
 _SLANG_PREFIX = ("ngl ", "lowkey ", "honestly ", "bro ", "fr ", "like ", "istg ", "deadass ", "tbh ", "yo ")
 _SLANG_SUFFIX = (" fr", " lol", " ngl", " lmao", " tbh", " idk", " smh", " fr fr", " bruh")
-_SWEARS = (("really", "fucking"), ("so", "so fucking"), ("this", "this shitty"), ("stupid", "stupid ass"), ("tired", "fucking tired"))
+_SWEARS = ((r"\bso (tired|done|sick|angry|stressed|exhausted|fed up|over it)\b", r"so fucking \1"),
+           (r"\bhate\b", "fucking hate"), (r"\breally\b", "really fucking"), (r"\bstupid\b", "stupid ass"),
+           (r"^", "ugh shit. "), (r"\bthe job\b", "the shit job"), (r"\bidk\b", "idfk"))
 _EMOJI_SAD = ("😭", "😔", "🥲", "😞", "💔", "😩", "😢", "🙃", "😪", "😣")
 _EMOJI_LIGHT = ("😅", "🙂", "🤷", "😂", "🙏", "❤️", "😊", "👍", "🫠", "💀")
 _KEYBOARD = {
@@ -130,9 +132,9 @@ def apply_style(text: str, styles: Sequence[str], rng: random.Random, short: boo
         for pat, rep, p in _ABBREVIATIONS:
             if p:
                 text = _maybe_sub(text, pat, rep, p, rng)
-    if "swearing" in s and not short and rng.random() < 0.35:
-        word, rep = _SWEARS[rng.randrange(len(_SWEARS))]
-        text = re.sub(rf"\b{word}\b", rep, text, count=1)
+    if "swearing" in s and not short and rng.random() < 0.4:
+        pattern, rep = _SWEARS[rng.randrange(len(_SWEARS))]
+        text = re.sub(pattern, rep, text, count=1)
     if "run_on" in s and not short:
         text = _run_on(text, rng)
         if rng.random() < 0.6:
