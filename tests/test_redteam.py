@@ -444,3 +444,10 @@ def test_scripted_attacker_deflects_after_the_protocol_and_keeps_the_risk_label(
             assert k == first_risky + 1 and said[k].label == said[first_risky].label  # a retraction stays unsafe
             if plan.strategy == "pretext_method" and said[first_risky].stage != "slip":
                 assert said[k].rationale == f"deflection (pretext:{plan.variant})"
+
+
+def test_parallel_offline_run_gives_the_same_report(tmp_path):
+    settings = RedTeamSettings(seed=3, max_turns=6)
+    serial = run_redteam(tmp_path / "serial", [None, "keyword"], 10, settings, **QUIET)
+    parallel = run_redteam(tmp_path / "parallel", [None, "keyword"], 10, settings, workers=3, **QUIET)
+    assert parallel == serial
