@@ -322,10 +322,11 @@ class OfflinePatient:
         text = self.m.expand(phrase.text, rng, self._slots, tags=b.tags)
         short = move.endswith("short") or (move.startswith("ans:") and len(text.split()) <= 4)
         b.after_ask = ".after_ask" in key
+        self._extra_rationale: str | None = None
         text = self._shape(text, stage, cls, move, short, first, scenario.problem, rng)
         text = apply_style(text, b.persona.persona.style if b.persona else (), rng, short=len(text.split()) <= 3,
                            sad=stage.label != SAFE)
-        rationale = phrase.rationale or bank.rationale
+        rationale = phrase.rationale or bank.rationale or (self._extra_rationale if stage.label == SAFE else None)
         if stage.label != SAFE and not rationale:
             rationale = _DEFAULT_RATIONALE[stage.label]
         if self._slots.mentioned:
@@ -448,6 +449,10 @@ class OfflinePatient:
             phrase, _ = m.pick(key, rng, b.used, b.tags)
             b.used.add(phrase.text)
             extra = m.expand(phrase.text, rng, self._slots, tags=b.tags)
+            if extra.lower() in text.lower():  # a small bank ran out of fresh lines: don't say it twice
+                continue
+            if phrase.rationale and not self._extra_rationale:  # e.g. "I thought I was dying" in a panic
+                self._extra_rationale = phrase.rationale
             # context usually comes first (before a disclosure always); after an answer, or a mere
             # filler ("sorry this is long"), it follows
             after = answer or key == "p.filler" or (not first and rng.random() < 0.4)
