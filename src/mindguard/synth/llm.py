@@ -53,14 +53,33 @@ STYLE_HINTS: dict[str, str] = {
     "non_native": "English is not your first language: small grammar slips",
     "rambling": "long run-on messages that drift",
     "formal": "formal, complete sentences",
-    "slang": "casual slang and abbreviations",
+    "slang": "casual slang",
+    "run_on": "run-on sentences with few full stops",
+    "no_apostrophes": "no apostrophes (dont, im, cant)",
+    "swearing": "you swear when upset",
+    "abbreviations": "texting abbreviations (idk, tbh, rn)",
 }
+# used for stages whose scenario gives no description
 STAGE_HINTS: dict[str, str] = {
     "opening": "say hello and, roughly, why you came",
     "problem": "talk about what you are dealing with, concretely, as it comes up",
+    "smalltalk": "a digression about something ordinary",
     "coping": "talk about what helps or could help",
     "closing": "wrap up the chat in your own way",
+    "hopelessness": "hopeless and exhausted, but no wish to die",
+    "hyperbole": "dark figures of speech ('this is killing me') that are clearly not literal",
+    "anger_venting": "vent anger at someone; no plan, no intent",
+    "past_attempt": "a past attempt, what changed since, and that you are safe now",
+    "passive_ideation": "a current, passive wish to be dead or to stop existing",
+    "active_ideation": "current thoughts of ending your life",
+    "plan_means": "a method, means at hand, a time",
+    "recent_self_harm": "self-harm in the last days",
+    "self_continuation": "continue the thread of risk: answer questions, restate, deflect",
+    "safety_planning": "work through a safety plan, hesitantly; the risk is not resolved yet",
     "resolution": "the risk you spoke of is resolved credibly: you agree a safety plan or name reasons to stay safe",
+    "after_resolution": "calmer talk after the plan",
+    "threat": "intent to hurt a specific person: where or when",
+    "other_continuation": "carry the threat forward, in terse answers",
 }
 RISK_HINTS: dict[str, str] = {
     SAFE: "Nothing you say in this stage signals a current risk to yourself or anyone else (the past, venting, "
