@@ -48,7 +48,8 @@ def test_precedence_defaults_file_env_overrides(tmp_path):
     ("[intervention_by_label]\nsafe = 'inject'\n", {}, "unknown label 'safe'"),
     ("[[webhooks]]\nurl = 'ftp://x'\n", {}, "http://"),
     ("port = [\n", {}, "not valid TOML"),
-    ("", {"MINDGUARD_SERVE_RATE_LIMIT_BURST": "0"}, "rate_limit_burst"),
+    ("", {"MINDGUARD_SERVE_RATE_LIMIT_BURST": "0"}, "MINDGUARD_SERVE_RATE_LIMIT_BURST: Input should be greater"),
+    ("", {"MINDGUARD_SERVE_WEBHOOKS": '[{"url": "http://x", "tenat": "a"}]'}, r"MINDGUARD_SERVE_WEBHOOKS\.0\.tenat: unknown key; known: url, tenant, secret_env"),
     ("", {"MINDGUARD_SERVE_WEBHOOKS": "not json"}, "must be JSON"),
 ])
 def test_bad_settings_name_the_key(tmp_path, content, env, needle):
@@ -91,10 +92,11 @@ def test_keys_cli_and_check(tmp_path):
     ok = run_cli("--check", "--guard", "keyword", "--database-url", url)
     assert "guard 'keyword' loaded" in ok.stderr
     nope = run_cli("--check", "--guard", "nonexistent", "--database-url", url, check=False)
-    assert nope.returncode == 2 and "unknown guard 'nonexistent'" in nope.stderr
+    assert nope.returncode == 2 and "cannot load the guard 'nonexistent': unknown guard" in nope.stderr
     cfg = tmp_path / "bad.toml"
     cfg.write_text("prot = 1\n")
-    assert "prot: unknown setting" in run_cli("--check", "--config", str(cfg), check=False).stderr
+    assert f"{cfg}: prot: unknown setting" in run_cli("--check", "--config", str(cfg), check=False).stderr
+    assert "command line: port:" in run_cli("--check", "--port", "70000", check=False).stderr
 
 
 def test_key_hashing_and_verification(tmp_path):

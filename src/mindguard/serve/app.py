@@ -18,6 +18,7 @@ import base64
 import datetime as dt
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..conversation import Conversation, Message
-from ..errors import DataError
+from ..errors import DataError, MindGuardError
 from ..guards import BaseGuard, load_guard
 from ..taxonomy import LABELS
 from .auth import Principal
@@ -200,7 +201,11 @@ def create_app(settings: ServeSettings | None = None, guard: BaseGuard | None = 
     """The service as an ASGI app (run it with uvicorn, or `mindguard serve`)."""
     settings = settings or load_settings()
     store = Store(settings.database_url)
-    guard = guard if guard is not None else load_guard(settings.guard)
+    if guard is None:
+        try:
+            guard = load_guard(settings.guard)
+        except MindGuardError as exc:
+            raise MindGuardError(f"cannot load the guard {settings.guard!r}: {exc}") from None
     service = GuardService(settings, guard, store)
     proxy = ChatProxy(service)
 
@@ -326,8 +331,6 @@ def create_app(settings: ServeSettings | None = None, guard: BaseGuard | None = 
               tags=["proxy"], summary="OpenAI-compatible chat completions, guarded")
     def chat_completions(body: ChatCompletionRequest, request: Request, p: Assessor,
                          rid: RequestId) -> Any:
-        import re
-
         conv_id = request.headers.get("x-mindguard-conversation-id")
         if conv_id is not None and not re.match(ID_PATTERN, conv_id):
             raise ApiError(422, "X-MindGuard-Conversation-Id: 1-128 letters, digits or . _ : @ - expected")

@@ -25,7 +25,7 @@ import httpx
 from ..conversation import Conversation, Message
 from .auth import Principal
 from .schemas import ChatCompletionRequest, ChatMessage
-from .service import ApiError, GuardService, Verdict, content_error
+from .service import ApiError, GuardService, Verdict
 from .settings import ServeSettings
 
 _ROLE_FOR_GUARD = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -116,10 +116,6 @@ class ChatProxy:
                request_id: str) -> tuple[int, dict[str, str], Any]:
         url, up_headers = self._upstream()
         msgs, last = guard_messages(req, self.settings)
-        for k, m in enumerate(msgs):
-            err = content_error(f"messages.{k}.content", m.content, self.settings.max_message_chars)
-            if err:  # pragma: no cover - guard_messages already dropped empty ones
-                raise ApiError(422, err)
         conv = Conversation(conversation_id or "proxy", tuple(msgs))
         verdict = self.service.assess_and_record(principal, conv, [last], "proxy", conversation_id, request_id,
                                                  action_for=lambda v: self.settings.action_for(v.label))[0]

@@ -14,13 +14,14 @@ import datetime as dt
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..conversation import Conversation, Message
 from ..guards import Assessment, BaseGuard
-from .auth import KeyVerifier, Principal, RateLimiter
+from .auth import KeyVerifier, Principal, RateLimiter, retry_after_header
 from .metrics import ServeMetrics
 from .runner import GuardFailure, GuardRunner, GuardTimeout
 from .sessions import SessionState, SessionStore
@@ -125,8 +126,6 @@ class GuardService:
 
     def _housekeeping(self) -> None:
         last_prune: float | None = None
-        import time
-
         while not self._stop.is_set():
             self.sessions.sweep()
             self.metrics.sessions.set(len(self.sessions))
@@ -153,8 +152,6 @@ class GuardService:
             raise ApiError(403, f"this API key lacks the '{scope}' scope (it has: {', '.join(sorted(p.scopes))})", "permission_error")
         wait = self.limiter.check(p.key_id)
         if wait > 0:
-            from .auth import retry_after_header
-
             self.metrics.rate_limited.inc()
             raise ApiError(429, f"rate limit of {self.settings.rate_limit_per_minute:g} requests per minute exceeded for this key; "
                            f"retry in {wait:.1f}s", "rate_limit_error", {"Retry-After": retry_after_header(wait)})

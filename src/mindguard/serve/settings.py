@@ -139,13 +139,19 @@ class ServeSettings(BaseModel):
         return self.intervention
 
 
-def _format_error(exc: ValidationError, where: str) -> str:
+def _format_error(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    """One line naming where the bad value came from (file, variable or flag) and what is wrong."""
     err = exc.errors()[0]
     loc = ".".join(str(x) for x in err["loc"]) or "(root)"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
-        msg = f"unknown setting; known settings: {', '.join(ServeSettings.model_fields)}"
-    return f"{where}: {loc}: {msg}"
+        known = ServeSettings.model_fields if len(err["loc"]) == 1 else WebhookTarget.model_fields
+        msg = f"unknown {'setting' if len(err['loc']) == 1 else 'key'}; known: {', '.join(known)}"
+    top = str(err["loc"][0]) if err["loc"] else ""
+    source = sources.get(top, "settings")
+    if source == "env":
+        return f"{ENV_PREFIX}{top.upper()}{loc[len(top):]}: {msg}"
+    return f"{source}: {loc}: {msg}"
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -200,17 +206,21 @@ def load_settings(config: str | Path | None = None, overrides: Mapping[str, Any]
                   environ: Mapping[str, str] | None = None) -> ServeSettings:
     """Defaults < config file < environment < `overrides` (CLI flags; None values are ignored)."""
     data: dict[str, Any] = {}
-    where = "settings"
+    sources: dict[str, str] = {}
     if config:
-        data.update(read_config_file(config))
-        where = str(config)
+        from_file = read_config_file(config)
+        data.update(from_file)
+        sources.update(dict.fromkeys(from_file, str(config)))
     env = settings_from_env(environ)
     data.update(env)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    sources.update(dict.fromkeys(env, "env"))
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data.update(flags)
+    sources.update(dict.fromkeys(flags, "command line"))
     try:
         return ServeSettings(**data)
     except ValidationError as exc:
-        raise MindGuardError(_format_error(exc, where)) from None
+        raise MindGuardError(_format_error(exc, sources)) from None
 
 
 def describe_settings() -> str:
