@@ -119,8 +119,10 @@ def flag_one_in_ten(model: Path, args: argparse.Namespace) -> float:
 
     g = EncoderGuard(model=str(model), explain=False)
     rng = random.Random(args.seed + 1)
-    convs = [Conversation.from_dicts(str(k), conversation(args.messages, rng, k)) for k in range(40)]
-    p = sorted(a.p_unsafe for c in convs for a in g.assess_conversation(c))
+    convs = [Conversation.from_dicts(str(k), conversation(args.messages, rng, k)) for k in range(60)]
+    # the turns the workload assesses: the last of each conversation, or every turn as chats grow
+    p = sorted(a.p_unsafe for c in convs for a in (g.assess_conversation(c)[-1:] if args.workload == "unique"
+                                                    else g.assess_conversation(c)))
     return min(0.999999, p[int(0.9 * len(p))])
 
 
