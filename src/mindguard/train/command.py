@@ -20,6 +20,8 @@ def add_command(sub: Any) -> None:
     t.add_argument("--lr-encoder", type=float, default=5e-5)
     t.add_argument("--lr-head", type=float, default=2e-3)
     t.add_argument("--synthetic-weight", type=float, default=0.5, help="loss weight of generated conversations")
+    t.add_argument("--synthetic-limit", type=int, default=None,
+                   help="use a seeded random sample of at most N generated conversations (meta source 'synthetic')")
     t.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes")
     t.add_argument("--operating-point", default="tpr95", choices=("tpr90", "tpr95", "default"), help="default operating point stored with the model")
     t.add_argument("--seed", type=int, default=13)
@@ -40,6 +42,12 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     train = [c for p in args.data for c in load_conversations(p)]
+    if args.synthetic_limit is not None:
+        import random
+
+        synthetic = [c for c in train if c.meta.get("source") == "synthetic"]
+        keep = {id(c) for c in random.Random(args.seed).sample(synthetic, min(args.synthetic_limit, len(synthetic)))}
+        train = [c for c in train if c.meta.get("source") != "synthetic" or id(c) in keep]
     val = [c for p in args.val for c in load_conversations(p)]
     cfg = TrainConfig(epochs=args.epochs, batch_turns=args.batch_turns, lr_encoder=args.lr_encoder, lr_head=args.lr_head,
                       synthetic_weight=args.synthetic_weight, seed=args.seed, max_minutes=args.max_minutes,
