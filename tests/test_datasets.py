@@ -118,3 +118,15 @@ def test_label_agreement_counts_and_kappa(tmp_path, conversations, capsys):
     write_native(tmp_path / "b.jsonl", relabelled)
     assert main(["data", "agreement", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]) == 0
     assert "agreement 90.0%" in capsys.readouterr().out
+
+
+def test_data_check_lists_every_problem_of_an_authored_file(tmp_path, capsys):
+    good = "=== a-1\nfamily: f\nscenario: s\npersona: p\ntrajectory: never_risky\nU safe | hi\nA | hello\nU self | i want to die || current wish\n"
+    bad = "=== b-1\nfamily: f\nscenario: s\npersona: p\ntrajectory: nope\nU self | no reason given\nU safe | two users in a row\n"
+    (tmp_path / "good.txt").write_text(good)
+    (tmp_path / "bad.txt").write_text(bad)
+    assert main(["data", "check", str(tmp_path / "good.txt")]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["data", "check", str(tmp_path / "bad.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "needs a rationale" in err and "unknown trajectory 'nope'" in err and "two user messages in a row" in err

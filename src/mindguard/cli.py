@@ -40,6 +40,27 @@ def _cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from .datasets import detect_format, load_conversations, parse_authored
+    from .datasets.stats import corpus_stats, format_stats
+
+    failed = False
+    for path in args.files:
+        if detect_format(path) == "authored":
+            convs, problems = parse_authored(path)
+        else:
+            convs, problems = load_conversations(path), []
+        for p in problems:
+            print(p, file=sys.stderr)
+        failed |= bool(problems)
+        print(f"== {path}: {'OK' if not problems else f'{len(problems)} problems'}")
+        if convs:
+            print(format_stats(corpus_stats(convs)))
+    if failed:
+        raise MindGuardError("some files have problems (listed above)")
+    return 0
+
+
 def _cmd_data_convert(args: argparse.Namespace) -> int:
     from .datasets import load_conversations, save_conversations
 
@@ -150,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--format", choices=FORMATS, default="auto")
     ds.add_argument("--json", action="store_true")
     ds.set_defaults(func=_cmd_data_stats)
+    dk = dsub.add_parser("check", help="validate files, listing every problem (authored .txt: all at once), then stats")
+    dk.add_argument("files", nargs="+")
+    dk.set_defaults(func=_cmd_data_check)
     dc = dsub.add_parser("convert", help="convert between native and testset schema")
     dc.add_argument("input")
     dc.add_argument("output", help="output path (.jsonl; testset also .csv or .parquet)")
