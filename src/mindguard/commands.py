@@ -10,6 +10,7 @@ from .cli import extra_command
 
 _FEATURES: list[str] = [
     "mindguard.train.command",
+    "mindguard.train.llm_command",
     "mindguard.serve.command",
     "mindguard.redteam.command",
     "mindguard.synth.command",
