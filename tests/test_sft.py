@@ -302,6 +302,20 @@ def test_resume_continues_from_the_last_checkpoint(base: Path, data_file: Path, 
     assert json.loads((out / SFT_META).read_text())["steps"] == 6
 
 
+def test_keep_best_ends_with_the_best_validation_auroc(base: Path, data_file: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "best"
+    args = train_args(base, data_file, out, "--method", "full", "--lr", "5e-3", "--val", str(data_file), "--keep-best")
+    assert main([*args, "--eval-steps", "2", "--save-steps", "3", "--max-steps", "6"]) == 2
+    assert "multiple of --eval-steps" in capsys.readouterr().err
+    assert main([*args, "--eval-steps", "2", "--max-steps", "6"]) == 0
+    history = [json.loads(line) for line in (out / "eval_history.jsonl").read_text().splitlines()]
+    best = max(h["eval_auroc"] for h in history[:3])  # the evaluations at steps 2, 4, 6
+    assert json.loads((out / SFT_META).read_text())["eval"]["auroc"] == pytest.approx(best)
+    state = json.loads((out / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] is not None
+
+
 def test_packing_is_used_only_where_examples_stay_apart(base: Path, data_file: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling

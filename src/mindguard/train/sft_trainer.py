@@ -95,6 +95,9 @@ class LLMTrainConfig:
         for name in ("batch_size", "grad_accum", "eval_steps", "save_steps", "logging_steps", "max_length"):
             if getattr(self, name) < 1:
                 raise MindGuardError(f"{name.replace('_', '-')} must be at least 1")
+        if self.keep_best and self.save_steps % self.eval_steps:
+            raise MindGuardError("--keep-best needs --save-steps to be a multiple of --eval-steps (the best "
+                                 "evaluation must have a checkpoint)")
 
     @property
     def lr(self) -> float:
@@ -284,7 +287,9 @@ def _compat(config_class: Any, cfg: LLMTrainConfig) -> dict[str, Any]:
 
 
 def _precision(cfg: LLMTrainConfig, torch: Any) -> tuple[Any, bool, bool]:
-    """(weights dtype, bf16 mixed precision, fp16 mixed precision)."""
+    """(weights dtype, bf16 mixed precision, fp16 mixed precision). LoRA keeps the frozen base in
+    bf16 (the adapters train in fp32); full fine-tuning keeps fp32 master weights under bf16
+    autocast, since AdamW updates on bf16 weights are lost to rounding."""
     cuda = torch.cuda.is_available()
     prec = cfg.precision
     if prec == "auto":
@@ -292,7 +297,7 @@ def _precision(cfg: LLMTrainConfig, torch: Any) -> tuple[Any, bool, bool]:
     if prec in ("bf16", "fp16") and not cuda:
         raise MindGuardError(f"--precision {prec} needs a CUDA GPU; use fp32 (or auto) on the CPU")
     if prec == "bf16":
-        return torch.bfloat16, True, False
+        return (torch.bfloat16 if cfg.method == "lora" else torch.float32), True, False
     return torch.float32, False, prec == "fp16"  # fp16 trains fp32 master weights under autocast
 
 
@@ -362,7 +367,7 @@ def train_llm(train: Sequence[Conversation], val: Sequence[Conversation], out: s
         peft_config = mods["peft"].LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                               target_modules=cfg.lora_targets, task_type="CAUSAL_LM")
     has_val = bool(val_ex)
-    args = trl.SFTConfig(
+    settings = dict(
         output_dir=str(out / CHECKPOINTS),
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
@@ -379,6 +384,10 @@ def train_llm(train: Sequence[Conversation], val: Sequence[Conversation], out: s
         logging_steps=cfg.logging_steps, report_to="none", disable_tqdm=not progress,
         seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
     )
+    try:
+        args = trl.SFTConfig(**settings)
+    except ValueError as exc:  # combinations transformers rejects (e.g. bf16 on a GPU without it)
+        raise MindGuardError(f"invalid training settings: {str(exc).splitlines()[0]}") from exc
     datasets = mods["datasets"]
     trainer = _trainer_class(trl)(
         model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
@@ -390,10 +399,14 @@ def train_llm(train: Sequence[Conversation], val: Sequence[Conversation], out: s
         trainer.guard_eval = guard_scorer(val_convs, tokenizer, family, policy, cfg.max_length, cfg.eval_batch_size)
         trainer.history_path = out / EVAL_HISTORY
     t0 = time.perf_counter()
-    try:
-        result = trainer.train(resume_from_checkpoint=resume_from)
-    except ValueError as exc:  # e.g. a checkpoint from another model
-        raise MindGuardError(f"training failed: {str(exc).splitlines()[0]}") from exc
+    if resume_from is None:
+        result = trainer.train()
+    else:
+        say(f"resuming from {resume_from}")
+        try:
+            result = trainer.train(resume_from_checkpoint=resume_from)
+        except ValueError as exc:  # e.g. a directory that is no checkpoint of this model
+            raise MindGuardError(f"cannot resume from {resume_from}: {str(exc).splitlines()[0]}") from exc
     seconds = time.perf_counter() - t0
     final_eval: dict[str, float] = {}
     if has_val:
