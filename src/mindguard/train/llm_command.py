@@ -128,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
     from ..datasets import load_conversations
 
     cfg = _config(args)
+    if not args.dry_run:
+        from .sft_trainer import require_stack
+
+        require_stack(cfg.method == "lora")  # before reading the data: fail fast when the extra is missing
     if args.threads:
         torch.set_num_threads(args.threads)
     train = [c for p in args.data for c in load_conversations(p)]

@@ -110,7 +110,7 @@ class LLMTrainConfig:
 
 
 # -- optional dependencies ----------------------------------------------------------------------
-def _require_stack(lora: bool) -> dict[str, Any]:
+def require_stack(lora: bool) -> dict[str, Any]:
     """Import TRL and friends, or fail with a message naming the `train-llm` extra."""
     mods = {name: require(name, EXTRA) for name in ("trl", "datasets", "accelerate")}
     if lora:
@@ -308,7 +308,7 @@ def train_llm(train: Sequence[Conversation], val: Sequence[Conversation], out: s
     validation figures). `resume`: True/"latest" continues from the newest checkpoint under `out`,
     a path from that checkpoint. `examples_path`: also write the training examples there (JSONL)."""
     say = log or (lambda s: print(s, file=sys.stderr))
-    mods = _require_stack(cfg.method == "lora")
+    mods = require_stack(cfg.method == "lora")
     trl = mods["trl"]
     import torch
     import transformers
@@ -395,6 +395,8 @@ def train_llm(train: Sequence[Conversation], val: Sequence[Conversation], out: s
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_CONFIG).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if resume_from is None:
+        (out / EVAL_HISTORY).unlink(missing_ok=True)  # a fresh run starts a fresh history
     if has_val:
         trainer.guard_eval = guard_scorer(val_convs, tokenizer, family, policy, cfg.max_length, cfg.eval_batch_size)
         trainer.history_path = out / EVAL_HISTORY
