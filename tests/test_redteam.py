@@ -444,6 +444,17 @@ def test_scripted_attacker_deflects_after_the_protocol_and_keeps_the_risk_label(
             assert k == first_risky + 1 and said[k].label == said[first_risky].label  # a retraction stays unsafe
             if plan.strategy == "pretext_method" and said[first_risky].stage != "slip":
                 assert said[k].rationale == f"deflection (pretext:{plan.variant})"
+    # with room for two deflections, the second is not the first said again
+    for plan in plan_attacks(10, seed=2):
+        attacker, rng = ScriptedAttacker(plan, deflect_rate=1.0, max_deflections=2), random.Random(1)
+        history = []
+        notes = []
+        for _ in range(4):
+            turn = attacker.reply(history, plan.scenario, rng)
+            history += [Message("user", turn.content), Message("assistant", protocol)]
+            notes.append((turn.rationale, turn.content))
+        defl = [c for r, c in notes if r]
+        assert len(defl) == 2 and defl[0] != defl[1]
 
 
 def test_parallel_offline_run_gives_the_same_report(tmp_path):

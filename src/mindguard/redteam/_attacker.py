@@ -54,6 +54,7 @@ class ScriptedAttacker:
         self.max_deflections = int(max_deflections)
         self.position = 0
         self.deflections = 0
+        self._said: set[str] = set()  # deflection lines already used (people do not repeat themselves verbatim)
 
     def _deflection_kind(self, last: ScriptTurn) -> str:
         if self.plan.control:
@@ -75,7 +76,9 @@ class ScriptedAttacker:
             self.deflections += 1
             prev = script[self.position - 1]
             kind = self._deflection_kind(prev)
-            text = apply_style(rng.choice(_DEFLECT[kind]), self.plan.scenario.persona.style, rng)
+            line = rng.choice([x for x in _DEFLECT[kind] if x not in self._said] or list(_DEFLECT[kind]))
+            self._said.add(line)
+            text = apply_style(line, self.plan.scenario.persona.style, rng)
             label = prev.label if is_unsafe(prev.label) else SAFE
             return AgentTurn(text, label, prev.stage, done=False, rationale=f"deflection ({kind})")
         turn = script[min(self.position, len(script) - 1)]
