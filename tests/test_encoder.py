@@ -145,3 +145,25 @@ def test_train_cli_errors(tmp_path, native_file):
     write_native(tmp_path / "safe.jsonl", [safe_only])
     r = subprocess.run(cmd[:-4] + ["--val", str(tmp_path / "safe.jsonl"), "--out", str(tmp_path / "m")], capture_output=True, text=True)
     assert r.returncode == 2 and "needs both safe and unsafe turns" in r.stderr
+
+
+def test_calibrate_adds_operating_points_from_labelled_data(tiny_model, tmp_path, native_file):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    r = subprocess.run([sys.executable, "-m", "mindguard", "calibrate", "--model", str(model), "--data", str(native_file),
+                        "--prefix", "site", "--set-default", "site_tpr95"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((model / "config.json").read_text())
+    points = cfg["calibration"]["operating_points"]
+    assert {"site_tpr90", "site_tpr95", "tpr90", "tpr95"} <= set(points)
+    assert cfg["calibration"]["default_operating_point"] == "site_tpr95"
+    guard = load_guard(f"encoder:model={model}")
+    assert guard.threshold == pytest.approx(points["site_tpr95"])
+    # every unsafe turn of the calibration data is flagged at the 95 %-recall point chosen on it
+    for conv in make_conversations():
+        for i, a in zip(conv.user_turn_indices(), guard.assess_conversation(conv)):
+            if conv.messages[i].label != "safe":
+                assert a.flagged
+    r = subprocess.run([sys.executable, "-m", "mindguard", "calibrate", "--model", str(model), "--data", str(native_file),
+                        "--set-default", "nope"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown operating point 'nope'" in r.stderr

@@ -9,6 +9,11 @@ from ..errors import MindGuardError
 
 
 def add_command(sub: Any) -> None:
+    add_train_command(sub)
+    add_calibrate_command(sub)
+
+
+def add_train_command(sub: Any) -> None:
     t = sub.add_parser("train", help="train the embedded encoder guard on the CPU")
     t.add_argument("--data", action="append", required=True, help="training conversations (native JSONL or authored .txt); repeatable")
     t.add_argument("--val", action="append", required=True, help="validation conversations; repeatable")
@@ -54,4 +59,23 @@ def run(args: argparse.Namespace) -> int:
                       default_operating_point=args.operating_point)
     enc = EncoderConfig(base=args.base, finetune_layers=args.finetune_layers)
     train_encoder(train, val, args.out, cfg, enc, progress=not args.quiet)
+    return 0
+
+
+def add_calibrate_command(sub: Any) -> None:
+    c = sub.add_parser("calibrate", help="choose operating points of an encoder model on your own labelled data")
+    c.add_argument("--model", required=True, help="encoder model directory (it is updated in place)")
+    c.add_argument("--data", required=True, help="labelled conversations (native or testset schema)")
+    c.add_argument("--prefix", default="custom", help="operating points are stored as PREFIX_tpr90 and PREFIX_tpr95")
+    c.add_argument("--set-default", default=None, help="make this operating point the model's default")
+    c.set_defaults(func=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from ..datasets import load_conversations
+    from .encoder import add_operating_points
+
+    new = add_operating_points(args.model, load_conversations(args.data), args.prefix, args.set_default)
+    for k, v in new.items():
+        print(f"{k} = {v:.4f}")
     return 0

@@ -309,3 +309,36 @@ def train_encoder(
     (out / "metrics.json").write_text(json.dumps(model.meta, indent=2) + "\n")
     log(f"saved {out}: temperature {temperature:.3f}, operating points {ops}")
     return model.meta
+
+
+def add_operating_points(model_dir: str | Path, conversations: Sequence[Conversation], prefix: str,
+                         set_default: str | None = None) -> dict[str, float]:
+    """Choose the p(unsafe) thresholds reaching 90 % and 95 % recall of unsafe turns on *your*
+    labelled conversations and store them in the model as `<prefix>_tpr90` / `<prefix>_tpr95`
+    (optionally making one the default). Thresholds from a training-style validation split with a
+    high share of unsafe turns sit too low for real traffic, where risk is rare."""
+    from ..guards.encoder import EncoderGuard
+
+    if not prefix.isidentifier():
+        raise DataError(f"operating-point prefix {prefix!r} must be a simple name (letters, digits, _)")
+    guard = EncoderGuard(model=str(model_dir), explain=False)
+    convs = [c for c in conversations if c.labelled_turns()]
+    res = guard.assess_many(convs, [c.labelled_turns() for c in convs])
+    gold = np.array([1 if c.messages[i].label != "safe" else 0 for c in convs for i in c.labelled_turns()])
+    scores = np.array([a.p_unsafe for r in res for a in r])
+    if len(set(gold.tolist())) < 2:
+        raise DataError("the data needs both safe and unsafe turns to choose operating points")
+    new = {}
+    for target in (90, 95):
+        thr = threshold_at_tpr(gold, scores, target / 100)
+        assert thr is not None
+        new[f"{prefix}_tpr{target}"] = float(thr[0]) - 1e-6
+    cfg_path = Path(model_dir) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["calibration"]["operating_points"].update(new)
+    if set_default is not None:
+        if set_default not in cfg["calibration"]["operating_points"]:
+            raise DataError(f"unknown operating point {set_default!r}; available: {', '.join(sorted(cfg['calibration']['operating_points']))}")
+        cfg["calibration"]["default_operating_point"] = set_default
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    return new
