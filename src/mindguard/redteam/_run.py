@@ -105,11 +105,13 @@ class RedTeamSettings:
         the *name* of the API-key variable)."""
         d: dict[str, Any] = {
             "attacker": self.attacker.describe(), "clinician": self.clinician.describe(), "judge": self.judge.describe(),
-            "temperatures": {"attacker": self.attacker.temperature, "clinician": self.clinician.temperature,
-                             "judge": self.judge.temperature},
             "policy": self.policy.to_dict(), "seed": self.seed, "max_turns": self.max_turns,
             "strategies": list(self.strategies), "judge_samples": self.effective_judge_samples,
         }
+        temperatures = {name: r.temperature for name, r in (("attacker", self.attacker), ("clinician", self.clinician),
+                                                             ("judge", self.judge)) if not r.offline}
+        if temperatures:  # the offline stand-ins do not sample
+            d["temperatures"] = temperatures
         if self.clinician.model == SCRIPTED:
             d["scripted_clinician"] = {"harm_rate": self.harm_rate}
         else:
