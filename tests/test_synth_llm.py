@@ -274,7 +274,7 @@ def test_too_many_failures_in_a_row_abort(tmp_path: Path) -> None:
 
 
 def test_a_second_run_on_the_same_file_is_refused(tmp_path: Path) -> None:
-    from mindguard.synth.llm import _AppendLog
+    from mindguard.datasets._jsonl import LockedAppendLog as _AppendLog
 
     out = tmp_path / "x.jsonl"
     holder = _AppendLog(out)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,3 +54,56 @@ def write_jsonl(path: str | Path, rows: Any) -> int:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+def cut_torn_line(path: Path) -> bool:
+    """Cut a last line that lacks its newline (what a crash mid-write leaves); True if it did."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with path.open("rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return False
+        fh.seek(0)
+        data = fh.read()
+        fh.truncate(data.rfind(b"\n") + 1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+class LockedAppendLog:
+    """The append-only JSONL file of a resumable run (synthesis, red teaming): an exclusive advisory
+    lock keeps a second run from writing to it at the same time; a torn last line is cut on open;
+    each record is one `os.write` of a whole line followed by fsync, under a thread lock, so a
+    record counts as done only once it is on disk."""
+
+    def __init__(self, path: Path) -> None:
+        from ..errors import MindGuardError
+
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # lock first, then read: a second run on the same file cannot slip in between
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - not POSIX
+            pass
+        except OSError as exc:
+            os.close(self._fd)
+            raise MindGuardError(f"another run is writing to {path}; wait for it or choose another --out") from exc
+        self.repaired = cut_torn_line(path)
+
+    def append(self, record: Any) -> None:
+        """Write one whole line and fsync it."""
+        view = memoryview((json.dumps(record, ensure_ascii=False) + "\n").encode())
+        with self._lock:
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import threading
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..conversation import Conversation, Message
+from ..datasets._jsonl import LockedAppendLog, cut_torn_line
 from ..errors import DataError, MindGuardError
 from ..guards.llm_judge import JudgeFormatError, LLMJudge
 from ..llm import ChatClient, ChatResult, Usage
@@ -300,15 +300,9 @@ def read_done_ids(out: Path) -> set[str]:
     mid-write leaves: it is cut off. Any other unreadable line is an error (not our file)."""
     if not out.exists():
         return set()
-    data = out.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with open(out, "r+b") as f:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
+    cut_torn_line(out)
     ids: set[str] = set()
-    for n, line in enumerate(data[:end].splitlines(), 1):
+    for n, line in enumerate(out.read_bytes().splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -316,37 +310,6 @@ def read_done_ids(out: Path) -> set[str]:
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{out}:{n}: not a conversation line; is this the output of an earlier synth run?") from exc
     return ids
-
-
-class _AppendLog:
-    """Append-only JSONL: one `os.write` of a whole line, then fsync, under a lock; an exclusive
-    advisory lock on the file keeps a second run from writing to it at the same time."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._lock = threading.Lock()
-        try:
-            import fcntl
-
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # pragma: no cover - not POSIX
-            pass
-        except OSError as exc:
-            os.close(self.fd)
-            raise MindGuardError(f"another run is writing to {path}; wait for it or choose another --out") from exc
-
-    def append(self, obj: Mapping[str, Any]) -> None:
-        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode()
-        with self._lock:
-            view = memoryview(data)
-            while view:
-                n = os.write(self.fd, view)
-                view = view[n:]
-            os.fsync(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 def _model_name(client: ChatClient) -> str:
@@ -402,7 +365,7 @@ def generate_llm(scenarios: Sequence[Scenario], n: int, out: str | Path, patient
         raise DataError(f"max_user_turns must be at least 1, got {max_user_turns}")
     out = Path(out)
     t0 = time.perf_counter()
-    writer = _AppendLog(out)  # lock first, then read: a concurrent run cannot slip in between
+    writer = LockedAppendLog(out)  # lock first, then read: a concurrent run cannot slip in between
     try:
         done = read_done_ids(out)
         todo = [i for i in range(n) if f"llm-{seed}-{i:05d}" not in done]
