@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..datasets._jsonl import LockedAppendLog
 from ..errors import DataError, MindGuardError, require
 from ..guards import BaseGuard, load_guard
 from ..llm import ChatClient
@@ -135,70 +136,37 @@ def guard_identity(spec: str | None, guard: BaseGuard | None) -> dict[str, Any]:
     return ident
 
 
-class AppendLog:
+class AppendLog(LockedAppendLog):
     """An append-only JSONL file of records keyed by (config, conversation_id), safe to share
-    between threads. Opening it repairs a torn last line (an interrupted write)."""
+    between threads. Opening it locks it and repairs a torn last line (an interrupted write)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # lock first, then read: a second run on the same directory cannot slip in between
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            import fcntl
-
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # pragma: no cover - not POSIX
-            pass
-        except OSError as exc:
-            os.close(self._fd)
-            raise MindGuardError(f"another run is writing to {path}; wait for it or choose another --out") from exc
-        self.repaired = self._repair()
+        super().__init__(path)
         self.records: dict[tuple[str, str], dict[str, Any]] = {}
         self.duplicates = 0
-        if self.path.exists():
-            with self.path.open(encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                        key = (str(rec["config"]), str(rec["conversation_id"]))
-                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                        raise DataError(f"{self.path}:{n}: not a red-team record ({exc.__class__.__name__}); "
-                                        "was this directory written by `mindguard redteam`?") from None
-                    if key in self.records:
-                        self.duplicates += 1  # never written by this code; keep the first, as a reader would
-                        continue
-                    self.records[key] = rec
-
-    def _repair(self) -> bool:
-        if self.path.stat().st_size == 0:
-            return False
-        with self.path.open("rb+") as fh:
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) == b"\n":
-                return False
-            fh.seek(0)
-            data = fh.read()
-            fh.truncate(data.rfind(b"\n") + 1)
-        return True
+        with self.path.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    key = (str(rec["config"]), str(rec["conversation_id"]))
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise DataError(f"{self.path}:{n}: not a red-team record ({exc.__class__.__name__}); "
+                                    "was this directory written by `mindguard redteam`?") from None
+                if key in self.records:
+                    self.duplicates += 1  # never written by this code; keep the first, as a reader would
+                    continue
+                self.records[key] = rec
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self.records
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one whole line and fsync it before the record counts as done."""
-        view = memoryview((json.dumps(record, ensure_ascii=False) + "\n").encode())
+        super().append(record)
         with self._lock:
-            while view:
-                view = view[os.write(self._fd, view):]
-            os.fsync(self._fd)
             self.records[(str(record["config"]), str(record["conversation_id"]))] = record
-
-    def close(self) -> None:
-        os.close(self._fd)
 
 
 def _check_manifest(out: Path, settings: Mapping[str, Any], identities: Mapping[str, Mapping[str, Any]]) -> None:
