@@ -171,22 +171,27 @@ generate_llm(SCENARIOS, {n}, {out!r}, *clients({url!r}), k=3, concurrency=2, see
 """
 
 
+def kill_after_lines(child: subprocess.Popen, out: Path, lines: int) -> None:
+    """SIGKILL a running synthesis as soon as `out` holds `lines` complete conversations."""
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:
+            if out.exists() and out.read_bytes().count(b"\n") >= lines:
+                break
+            time.sleep(0.02)
+        assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read().decode()[-500:]}"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(30)
+        child.stderr.close()
+
+
 def test_killed_run_then_rerun_gives_exactly_n(tmp_path: Path) -> None:
     out, n = tmp_path / "killed.jsonl", 8
     with FakeOpenAIServer(three_models, models=MODELS, delay=0.03) as s:
         child = subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(ROOT), n=n, out=str(out), url=s.url)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and child.poll() is None:
-                if out.exists() and out.read_bytes().count(b"\n") >= 2:
-                    break
-                time.sleep(0.02)
-            assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read().decode()[-500:]}"
-            os.kill(child.pid, signal.SIGKILL)
-        finally:
-            child.wait(30)
-            child.stderr.close()
+        kill_after_lines(child, out, 2)
         assert child.returncode == -signal.SIGKILL
         first = out.read_bytes().count(b"\n")
         assert 2 <= first < n
@@ -217,17 +222,7 @@ def test_mindguard_synth_killed_and_rerun(tmp_path: Path) -> None:
                "clinician-m", "--judge-model", "judge-m", "--base-url", s.url, "--n", str(n), "--out", str(out),
                "--judge-samples", "2", "--concurrency", "2", "--max-user-turns", "4", "--seed", "5", "--quiet"]
         child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and child.poll() is None:
-                if out.exists() and out.read_bytes().count(b"\n") >= 1:
-                    break
-                time.sleep(0.02)
-            assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read().decode()[-500:]}"
-            os.kill(child.pid, signal.SIGKILL)
-        finally:
-            child.wait(30)
-            child.stderr.close()
+        kill_after_lines(child, out, 1)
         first = out.read_bytes().count(b"\n")
         assert 1 <= first < n
         s.delay = 0.0
