@@ -105,7 +105,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     convs = load_conversations(args.data, args.format)
     guards = _load_guards(args.guard or ["keyword"])
-    report, items = evaluate(convs, guards, progress=not args.quiet, bootstrap=args.bootstrap, seed=args.seed)
+    report, items = evaluate(convs, guards, progress=not args.quiet, bootstrap=args.bootstrap, seed=args.seed, by=args.by)
     paths = write_report(Path(args.out), report, items, Path(str(args.data)).name, args.save_scores)
     for name, m in report["guards"].items():
         au = "—" if m["auroc"] is None else f"{m['auroc']:.4f}"
@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save-scores", action="store_true", help="also write scores.jsonl")
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUROC interval")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--by", default=None, help="also break the figures down by this conversation metadata key (e.g. family)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_eval)
 

@@ -52,6 +52,14 @@ def render_markdown(report: dict[str, Any], data_name: str) -> str:
                   "| gold \\ pred | " + " | ".join(labs) + " |", "|---|" + "---|" * len(labs)]
         lines += [f"| {g} | " + " | ".join(str(c[g][p]) for p in labs) + " |" for g in labs]
         lines.append("")
+    if "by" in report:
+        lines += [f"## By {report['by']['key']} (AUROC / FPR@90%TPR; — where a group lacks safe or unsafe turns)", "",
+                  f"| {report['by']['key']} | conversations | turns | unsafe | " + " | ".join(names) + " |",
+                  "|---|---|---|---|" + "---|" * len(names)]
+        for v, e in report["by"]["groups"].items():
+            cells = [f"{_f(e['guards'][n]['auroc'])} / {_f(e['guards'][n]['fpr_at_tpr_90'])}" for n in names]
+            lines.append(f"| {v} | {e['n_conversations']} | {e['n_turns']} | {e['n_unsafe']} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -79,9 +79,13 @@ def _progress(seq: list[Any], desc: str, enabled: bool) -> Any:
 
 def evaluate(
     conversations: Sequence[Conversation], guards: Sequence[BaseGuard], progress: bool = True,
-    bootstrap: int = 1000, seed: int = 0,
+    bootstrap: int = 1000, seed: int = 0, by: str | None = None,
 ) -> tuple[dict[str, Any], list[TurnScores]]:
-    """Report dict (per guard metrics) and the per-row scores."""
+    """Report dict (per guard metrics) and the per-row scores. With `by`, also a breakdown per
+    value of that conversation metadata key (e.g. `family`, `source`), to show where a guard fails."""
+    if by is not None and not any(by in c.meta for c in conversations):
+        keys = sorted({k for c in conversations for k in c.meta})
+        raise DataError(f"no conversation has the metadata key {by!r}; keys present: {', '.join(keys) or 'none'}")
     names = [g.name for g in guards]
     if len(set(names)) != len(names):
         raise DataError(f"two guards share a name ({', '.join(names)}); give each a distinct name= option")
@@ -95,7 +99,31 @@ def evaluate(
         m["seconds"] = round(seconds[g.name], 3)
         m["default_threshold"] = g.threshold
         report["guards"][g.name] = m
+    if by is not None:
+        report["by"] = {"key": by, "groups": _breakdown(conversations, items, names, by)}
     return report, items
+
+
+def _breakdown(conversations: Sequence[Conversation], items: Sequence[TurnScores], names: Sequence[str], key: str) -> dict[str, Any]:
+    """Per-group turn counts, AUROC and FPR@90%TPR (None where a group lacks safe or unsafe turns)."""
+    import numpy as np
+
+    from .metrics import auroc, binary, fpr_at_tpr
+
+    value = {c.id: str(c.meta.get(key, "(none)")) for c in conversations}
+    rows: dict[str, list[TurnScores]] = {}
+    for it in items:
+        rows.setdefault(value[it.conversation_id], []).append(it)
+    out: dict[str, Any] = {}
+    for v in sorted(rows):
+        y = binary([it.gold for it in rows[v]])
+        entry: dict[str, Any] = {"n_conversations": len({it.conversation_id for it in rows[v]}),
+                                 "n_turns": len(y), "n_unsafe": int(y.sum()), "guards": {}}
+        for n in names:
+            s = np.array([it.p_unsafe[n] for it in rows[v]])
+            entry["guards"][n] = {"auroc": auroc(y, s), "fpr_at_tpr_90": fpr_at_tpr(y, s, 0.90)}
+        out[v] = entry
+    return out
 
 
 def write_scores(path: Path, items: Sequence[TurnScores]) -> None:
