@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..conversation import Conversation
 from ..datasets.testset import conversation_rows
 from ..errors import DataError
 from ..guards import BaseGuard
-from .metrics import guard_metrics
+from .metrics import auroc, binary, fpr_at_tpr, guard_metrics
 
 
 @dataclass
@@ -106,10 +108,6 @@ def evaluate(
 
 def _breakdown(conversations: Sequence[Conversation], items: Sequence[TurnScores], names: Sequence[str], key: str) -> dict[str, Any]:
     """Per-group turn counts, AUROC and FPR@90%TPR (None where a group lacks safe or unsafe turns)."""
-    import numpy as np
-
-    from .metrics import auroc, binary, fpr_at_tpr
-
     value = {c.id: str(c.meta.get(key, "(none)")) for c in conversations}
     rows: dict[str, list[TurnScores]] = {}
     for it in items:
